@@ -1,0 +1,36 @@
+"""mixrec: multi-task mixture-embedding candidate retrieval (Brinkman et al. 2020).
+
+    import mixrec
+    data = mixrec.ingest("events.parquet", "data/", relation_col="event")
+    model = mixrec.train("data/", mixrec.Config(components={"user": 4, "item": 1}), out="model/")
+    candidates = mixrec.Retriever(model).recommend([0, 1, 2], k=100)
+    report = mixrec.evaluate(model, "data/", ks=[20, 50])
+"""
+from mixrec.config import Config
+from mixrec.data.dataset import Dataset
+from mixrec.model.mixture import MixtureModel
+from mixrec.retrieve import Candidates, Retriever
+from mixrec.train.trainer import Trainer, train
+
+__version__ = "0.1.0"
+
+
+def ingest(*args, **kwargs):
+    """Read an interaction log into a dataset directory (see :func:`mixrec.data.ingest.ingest`)."""
+    from mixrec.data.ingest import ingest as _ingest
+    return _ingest(*args, **kwargs)
+
+
+def evaluate(*args, **kwargs):
+    """Full-ranking evaluation (see :func:`mixrec.evaluate.evaluate`)."""
+    from mixrec.evaluate import evaluate as _evaluate
+    return _evaluate(*args, **kwargs)
+
+
+def load(path) -> MixtureModel:
+    """Load a trained model directory."""
+    return MixtureModel.load(path)
+
+
+__all__ = ["Config", "Dataset", "MixtureModel", "Retriever", "Candidates", "Trainer", "train", "ingest",
+           "evaluate", "load", "__version__"]

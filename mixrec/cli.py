@@ -1,0 +1,233 @@
+"""The `mixrec` command line: a thin veneer over the library (ingest, train, retrieve, evaluate, similar, demo)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mixrec.config import Config, ConfigError
+
+
+def _add_ingest(sub) -> None:
+    p = sub.add_parser("ingest", help="read an interaction log (CSV/TSV/Parquet) into a dataset directory")
+    p.add_argument("paths", nargs="+", help="input files (.csv, .tsv, .gz, .parquet)")
+    p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--source-col", default="user_id")
+    p.add_argument("--target-col", default="item_id")
+    p.add_argument("--relation-col", default=None, help="task column (default: one relation)")
+    p.add_argument("--weight-col", default=None)
+    p.add_argument("--timestamp-col", default=None)
+    p.add_argument("--split-col", default=None, help="column with train/valid/test")
+    p.add_argument("--split", default=None, choices=["column", "random", "temporal", "leave-last-out"],
+                   help="split strategy (default: column when --split-col is given, else random)")
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--valid-fraction", type=float, default=0.0)
+    p.add_argument("--source-type", default="user")
+    p.add_argument("--target-type", default="item")
+    p.add_argument("--relation", default="interaction", help="relation name when there is no relation column")
+    p.add_argument("--delimiter", default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_ingest)
+
+
+def cmd_ingest(a) -> int:
+    from mixrec.data.ingest import ingest
+    report = ingest(a.paths, a.out, source_col=a.source_col, target_col=a.target_col, relation_col=a.relation_col,
+                    weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,
+                    test_fraction=a.test_fraction, valid_fraction=a.valid_fraction, seed=a.seed,
+                    source_type=a.source_type, target_type=a.target_type, default_relation=a.relation,
+                    delimiter=a.delimiter, progress=False)
+    print(report.summary())
+    return 0
+
+
+def _config_from(a) -> Config:
+    cfg = Config.load(a.config) if a.config else Config()
+    return cfg.with_overrides(a.set or [])
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a mixture-embedding model on a dataset directory")
+    p.add_argument("data", help="dataset directory (from `mixrec ingest`)")
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--config", default=None, help="TOML/YAML/JSON config file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set components.user=5 --set dim=32 (repeatable)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(a) -> int:
+    from mixrec.train import train
+    cfg = _config_from(a)
+    model = train(a.data, cfg, a.out, resume=a.resume, progress=not a.quiet)
+    hist = model.info.get("history", [])
+    if hist:
+        last = hist[-1]
+        print(f"trained {len(hist)} epochs; last loss {last['loss']:.4f}, {last['edges_per_s']:,.0f} edges/s; "
+              f"model in {a.out}")
+    return 0
+
+
+def _add_retrieve(sub) -> None:
+    p = sub.add_parser("retrieve", help="round-robin KNN candidates for every user, written as Parquet")
+    p.add_argument("model")
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--out", required=True, help="output .parquet (user, rank, item, score, component)")
+    p.add_argument("--weights", default="all", help="mixture weight set")
+    p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
+    p.add_argument("--include-seen", action="store_true", help="do not exclude training items")
+    p.add_argument("--users", default=None, help="file with one raw user id per line (default: all users)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_retrieve)
+
+
+def cmd_retrieve(a) -> int:
+    import pyarrow.parquet as pq
+
+    from mixrec.io import atomic_file
+    from mixrec.model import MixtureModel
+    from mixrec.retrieve import Retriever
+    model = MixtureModel.load(a.model)
+    icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
+    r = Retriever(model, a.weights, index_config=icfg)
+    users = None
+    if a.users:
+        raw = [line.strip() for line in Path(a.users).read_text().splitlines() if line.strip()]
+        users = _lookup(model.ids[model.source_type], raw, a.users)
+    users, cands = r.recommend_all(a.k, users=users, exclude_seen=not a.include_seen, progress=not a.quiet)
+    table = r.to_table(users, cands)
+    with atomic_file(a.out) as fh:
+        pq.write_table(table, fh)
+    print(f"{table.num_rows:,} candidates for {len(users):,} users written to {a.out}")
+    return 0
+
+
+def _lookup(ids: np.ndarray, raw: list[str], where: str) -> np.ndarray:
+    keys = {str(v): i for i, v in enumerate(ids.tolist())}
+    missing = [r for r in raw if r not in keys]
+    if missing:
+        raise SystemExit(f"{where}: {len(missing)} unknown id(s), e.g. {missing[:3]}")
+    return np.array([keys[r] for r in raw], dtype=np.int64)
+
+
+def _add_similar(sub) -> None:
+    p = sub.add_parser("similar", help="item-to-item neighbours from the learned destination embeddings")
+    p.add_argument("model")
+    p.add_argument("items", nargs="+", help="raw item ids")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--weights", default="all")
+    p.set_defaults(func=cmd_similar)
+
+
+def cmd_similar(a) -> int:
+    from mixrec.model import MixtureModel
+    from mixrec.retrieve import Retriever
+    model = MixtureModel.load(a.model)
+    r = Retriever(model, a.weights)
+    idx = _lookup(model.ids[r.target_type], a.items, "items")
+    c = r.similar(idx, a.k)
+    names = model.ids[r.target_type]
+    for raw, row, sc in zip(a.items, c.items, c.scores):
+        print(f"{raw}: " + ", ".join(f"{names[i]} ({s:.3f})" for i, s in zip(row, sc) if i >= 0))
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="full-ranking Recall/NDCG/HitRate/MRR and diversity on a split")
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--k", type=int, action="append", help="cutoffs (repeatable; default 20 and 50)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--relation", default=None, help="evaluate one relation (default: each)")
+    p.add_argument("--exclude-seen", default="all", choices=["all", "relation", "none"])
+    p.add_argument("--method", action="append", choices=["exact", "retrieval"], help="default: both")
+    p.add_argument("--weights", default="all")
+    p.add_argument("--item-labels", default=None, help="TSV/CSV of item labels for diversity")
+    p.add_argument("--id-col", default="item_id")
+    p.add_argument("--label-col", default="genres")
+    p.add_argument("--label-sep", default="|")
+    p.add_argument("--max-users", type=int, default=None)
+    p.add_argument("--json", default=None, help="write the report as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(a) -> int:
+    from mixrec.data.dataset import Dataset
+    from mixrec.evaluate import evaluate, format_report, load_item_labels
+    from mixrec.io import save_json
+    from mixrec.model import MixtureModel
+    model = MixtureModel.load(a.model)
+    data = Dataset.load(a.data)
+    labels = None
+    if a.item_labels:
+        labels = load_item_labels(a.item_labels, model.ids[model.target_type], id_col=a.id_col,
+                                  label_col=a.label_col, sep=a.label_sep)
+    report = evaluate(model, data, a.k or [20, 50], split=a.split, relation=a.relation,
+                      exclude_seen=a.exclude_seen, labels=labels, methods=a.method or ["exact", "retrieval"],
+                      weight_set=a.weights, max_users=a.max_users)
+    print(format_report(report))
+    if a.json:
+        save_json(a.json, report)
+    return 0
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="write a synthetic log with planted multi-interest structure")
+    p.add_argument("--out", required=True, help="directory for events.parquet and items.tsv")
+    p.add_argument("--users", type=int, default=4000)
+    p.add_argument("--items", type=int, default=3000)
+    p.add_argument("--clusters", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(a) -> int:
+    from mixrec.data.synthetic import SyntheticSpec, write
+    paths = write(SyntheticSpec(n_users=a.users, n_items=a.items, n_clusters=a.clusters, seed=a.seed), a.out)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="generate -> ingest -> train (mixture and single) -> retrieve -> evaluate")
+    p.add_argument("--workdir", default="runs/demo", help="where the demo writes its files")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--quick", action="store_true", help="a smaller run (for tests)")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(a) -> int:
+    from mixrec.demo import run_demo
+    run_demo(a.workdir, epochs=a.epochs, quick=a.quick)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mixrec", description="Multi-task mixture-embedding candidate retrieval.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_ingest, _add_train, _add_retrieve, _add_similar, _add_evaluate, _add_generate, _add_demo):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"mixrec {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

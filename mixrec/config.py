@@ -1,0 +1,210 @@
+"""The training configuration: one validated schema, loadable from TOML/YAML, overridable by key=value."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+Pooling = Literal["max", "mean", "smoothmax", "regsmoothmax"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RelationConfig(_Strict):
+    """Per-task settings: the edge weight omega of eq. 4 and an optional degree correction."""
+
+    weight: float = Field(1.0, ge=0, description="task weight omega_T in eq. 4")
+    degree_exponent: float = Field(0.0, description="multiply the weight by (src_deg * dst_deg) ** -exponent / mean")
+
+
+class NegativesConfig(_Strict):
+    """One-sided negatives (section 3.3): destinations of the positive's type."""
+
+    batch: int = Field(256, ge=0, description="negatives taken from other positives of the same batch")
+    uniform: int = Field(256, ge=0, description="negatives drawn uniformly from the destination type")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.batch + self.uniform == 0:
+            raise ValueError("negatives.batch + negatives.uniform must be > 0")
+        return self
+
+
+class WeightSetConfig(_Strict):
+    """A named set of mixture weights (eq. 5): the tasks T' it is computed from and its temperature."""
+
+    relations: Optional[list[str]] = Field(None, description="tasks T'; None means all training tasks")
+    gamma: float = Field(0.1, gt=0, description="temperature gamma_T of eq. 5")
+    form: Literal["sum", "responsibility"] = Field(
+        "sum", description="'sum': eq. 5 as printed; 'responsibility': softmax per edge before summing")
+
+
+class IndexConfig(_Strict):
+    """Nearest-neighbour index over all destination component vectors (FAISS)."""
+
+    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    hnsw_m: int = Field(32, ge=4)
+    ef_search: int = Field(256, ge=1, description="HNSW efSearch; raised to at least k*C_d at query time")
+    ef_construction: int = Field(200, ge=8)
+    nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4*sqrt(n)")
+    nprobe: int = Field(16, ge=1)
+
+
+class EarlyStopping(_Strict):
+    """Stop when validation recall has not improved for `patience` epochs."""
+
+    patience: int = Field(0, ge=0, description="0 disables early stopping")
+    k: int = Field(20, ge=1)
+    max_users: int = Field(5000, ge=1, description="validation users sampled for the check")
+
+
+class Config(_Strict):
+    """Everything that defines a mixrec model and its training run."""
+
+    dim: int = Field(32, ge=1, description="dimension n of every component vector")
+    components: dict[str, int] = Field(default_factory=lambda: {"user": 4, "item": 1},
+                                       description="components.<entity type> = C for that type (default 1)")
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(0.1, gt=0, description="row-wise Adagrad learning rate")
+    margin: float = Field(0.1, ge=0, description="lambda of eq. 3")
+    pooling: Pooling = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default)")
+    negative_pooling: Optional[Pooling] = Field(None, description="pooling of negatives; default smoothmax "
+                                                "(max when pooling=max, mean when pooling=mean)")
+    score_pooling: Pooling = Field("smoothmax", description="pooling used to rank all items exactly")
+    gamma: float = Field(0.1, gt=0, description="smoothmax temperature (eq. 1, 2)")
+    theta: float = Field(0.1, ge=0, le=1, description="regularisation of eq. 2")
+    theta_form: Literal["mean", "sum"] = Field(
+        "mean", description="'mean': theta weights the average similarity (the text's intent, default); "
+                            "'sum': eq. 2 as printed (theta weights the sum)")
+    negatives: NegativesConfig = Field(default_factory=NegativesConfig)
+    relations: dict[str, RelationConfig] = Field(default_factory=dict, description="relations.<name>.weight etc.")
+    init_scale: float = Field(1.0, gt=0)
+    workers: int = Field(1, ge=1, description="HOGWILD worker processes")
+    seed: int = 0
+    weight_sets: dict[str, WeightSetConfig] = Field(default_factory=lambda: {"all": WeightSetConfig()})
+    index: IndexConfig = Field(default_factory=IndexConfig)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    eval_every: int = Field(0, ge=0, description="log validation recall every N epochs (0: only with early stopping)")
+
+    @field_validator("components")
+    @classmethod
+    def _positive_components(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, c in v.items():
+            if int(c) < 1:
+                raise ValueError(f"components.{k} must be >= 1, got {c}")
+        return {k: int(c) for k, c in v.items()}
+
+    # ----------------------------------------------------------------- helpers
+    def components_of(self, entity_type: str) -> int:
+        return self.components.get(entity_type, 1)
+
+    def relation(self, name: str) -> RelationConfig:
+        return self.relations.get(name, RelationConfig())
+
+    def neg_pooling(self) -> str:
+        if self.negative_pooling:
+            return self.negative_pooling
+        return {"max": "max", "mean": "mean"}.get(self.pooling, "smoothmax")
+
+    # ----------------------------------------------------------------- I/O
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        """Read a TOML, YAML or JSON file."""
+        return cls.from_dict(read_mapping(path), source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "config") -> "Config":
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(_describe(e, source)) from None
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
+        """Apply ``key=value`` overrides with dotted keys (``components.user=5``)."""
+        data = self.model_dump()
+        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        for key, value in items:
+            _set_dotted(data, key, _parse_value(value) if isinstance(value, str) else value)
+        return Config.from_dict(data, source="--set")
+
+    def to_toml(self) -> str:
+        import tomli_w
+        return tomli_w.dumps(_drop_none(self.model_dump()))
+
+    def save(self, path: str | Path) -> None:
+        from mixrec.io import atomic_file
+        with atomic_file(path, "w") as fh:
+            fh.write(self.to_toml())
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range (the message names the field)."""
+
+
+def read_mapping(path: str | Path) -> dict:
+    path = Path(path)
+    text = path.read_text()
+    try:
+        if path.suffix in (".toml",):
+            return tomllib.loads(text)
+        if path.suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text) or {}
+        if path.suffix == ".json":
+            return json.loads(text)
+    except Exception as e:  # syntax errors carry their line numbers
+        raise ConfigError(f"{path}: cannot parse: {e}") from None
+    raise ConfigError(f"{path}: unknown config format {path.suffix!r}; use .toml, .yaml or .json")
+
+
+def _describe(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _split_override(item: str) -> tuple[str, str]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set components.user=5")
+    k, v = item.split("=", 1)
+    return k.strip(), v.strip()
+
+
+def _parse_value(v: str) -> Any:
+    try:
+        return yaml.safe_load(v)
+    except yaml.YAMLError:
+        return v
+
+
+def _set_dotted(data: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = {}
+            node[p] = nxt
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _drop_none(d):
+    if isinstance(d, dict):
+        return {k: _drop_none(v) for k, v in d.items() if v is not None}
+    return d

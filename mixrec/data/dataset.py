@@ -1,0 +1,181 @@
+"""The dataset directory: entity dictionaries, typed edges per relation and split, and its manifest."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mixrec.io import atomic_dir
+
+MANIFEST = "manifest.json"
+EDGES = "edges.parquet"
+SPLITS = ("train", "valid", "test")
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Relation:
+    """One edge type (a task): its name and the entity types it connects."""
+
+    name: str
+    source_type: str = "user"
+    target_type: str = "item"
+
+
+@dataclass
+class Edges:
+    """A columnar block of edges: dense source/target indices, relation codes and weights."""
+
+    src: np.ndarray  # int64 (E,)
+    dst: np.ndarray  # int64 (E,)
+    rel: np.ndarray  # int64 (E,) code into Dataset.relations
+    weight: np.ndarray  # float32 (E,)
+
+    def __len__(self) -> int:
+        return int(self.src.shape[0])
+
+    def select(self, mask: np.ndarray) -> "Edges":
+        """The edges where ``mask`` is true (boolean mask or index array)."""
+        return Edges(self.src[mask], self.dst[mask], self.rel[mask], self.weight[mask])
+
+
+@dataclass
+class Dataset:
+    """Interactions between entity types, indexed densely, split into train/valid/test.
+
+    ``ids[type]`` maps a dense index to the raw id (integers or strings);
+    ``edges[split]`` holds that split's edges; ``relations`` lists the tasks in code order.
+    """
+
+    ids: dict[str, np.ndarray]
+    relations: list[Relation]
+    edges: dict[str, Edges]
+    info: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def entity_types(self) -> list[str]:
+        return list(self.ids)
+
+    def num(self, entity_type: str) -> int:
+        """Number of entities of a type."""
+        return int(len(self.ids[entity_type]))
+
+    def relation(self, name: str) -> Relation:
+        for r in self.relations:
+            if r.name == name:
+                return r
+        raise KeyError(f"unknown relation {name!r}; the dataset has {[r.name for r in self.relations]}")
+
+    def relation_code(self, name: str) -> int:
+        self.relation(name)
+        return [r.name for r in self.relations].index(name)
+
+    def split(self, split: str | Sequence[str] = "train", relations: Iterable[str] | None = None) -> Edges:
+        """Edges of one or several splits, optionally restricted to some relations."""
+        names = [split] if isinstance(split, str) else list(split)
+        parts = [self.edges[s] for s in names if s in self.edges]
+        if not parts:
+            return _empty_edges()
+        e = Edges(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("src", "dst", "rel", "weight")))
+        if relations is not None:
+            codes = [self.relation_code(r) for r in relations]
+            e = e.select(np.isin(e.rel, codes))
+        return e
+
+    def has_split(self, split: str) -> bool:
+        return split in self.edges and len(self.edges[split]) > 0
+
+    def index_of(self, entity_type: str, raw_ids: Sequence) -> np.ndarray:
+        """Dense indices of raw ids (-1 where unknown)."""
+        table = self.ids[entity_type]
+        lookup = {v: i for i, v in enumerate(table.tolist())}
+        conv = _id_converter(table)
+        return np.array([lookup.get(conv(v), -1) for v in raw_ids], dtype=np.int64)
+
+    def counts(self) -> dict:
+        """Edges per relation and split, as written in the manifest."""
+        out: dict = {}
+        for s, e in self.edges.items():
+            codes, n = np.unique(e.rel, return_counts=True)
+            for c, k in zip(codes.tolist(), n.tolist()):
+                out.setdefault(self.relations[c].name, {})[s] = k
+        return out
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | Path, overwrite: bool = True) -> Path:
+        """Write the dataset directory atomically (old content survives a failure)."""
+        path = Path(path)
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            (tmp / "entities").mkdir()
+            for t, ids in self.ids.items():
+                pq.write_table(pa.table({"index": np.arange(len(ids), dtype=np.int64), "id": _id_array(ids)}),
+                               tmp / "entities" / f"{t}.parquet")
+            cols: dict[str, list] = {k: [] for k in ("src", "dst", "rel", "weight", "split")}
+            for s, e in self.edges.items():
+                cols["src"].append(e.src.astype(np.int64))
+                cols["dst"].append(e.dst.astype(np.int64))
+                cols["rel"].append(e.rel.astype(np.int16))
+                cols["weight"].append(e.weight.astype(np.float32))
+                cols["split"].append(np.full(len(e), SPLITS.index(s), dtype=np.int8))
+            table = pa.table({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
+            pq.write_table(table, tmp / EDGES)
+            manifest = {
+                "format": FORMAT_VERSION,
+                "entities": {t: len(v) for t, v in self.ids.items()},
+                "relations": [r.__dict__ for r in self.relations],
+                "counts": self.counts(),
+                "info": self.info,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Dataset":
+        """Read a dataset directory written by :meth:`save` (or ``mixrec ingest``)."""
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise FileNotFoundError(f"{path}: not a mixrec dataset (no {MANIFEST}); create one with `mixrec ingest`")
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        ids = {}
+        for t in manifest["entities"]:
+            tab = pq.read_table(path / "entities" / f"{t}.parquet")
+            ids[t] = tab.column("id").to_numpy(zero_copy_only=False)
+        relations = [Relation(**r) for r in manifest["relations"]]
+        tab = pq.read_table(path / EDGES)
+        split = tab.column("split").to_numpy()
+        arrays = {k: tab.column(k).to_numpy() for k in ("src", "dst", "rel", "weight")}
+        edges = {}
+        for i, s in enumerate(SPLITS):
+            m = split == i
+            if m.any():
+                edges[s] = Edges(arrays["src"][m].astype(np.int64), arrays["dst"][m].astype(np.int64),
+                                 arrays["rel"][m].astype(np.int64), arrays["weight"][m].astype(np.float32))
+        return cls(ids=ids, relations=relations, edges=edges, info=manifest.get("info", {}), path=path)
+
+
+def _empty_edges() -> Edges:
+    z = np.zeros(0, dtype=np.int64)
+    return Edges(z, z.copy(), z.copy(), np.zeros(0, dtype=np.float32))
+
+
+def _id_array(ids: np.ndarray) -> pa.Array:
+    if ids.dtype.kind in "iu":
+        return pa.array(ids.astype(np.int64))
+    return pa.array([str(v) for v in ids.tolist()], type=pa.string())
+
+
+def _id_converter(table: np.ndarray):
+    if table.dtype.kind in "iu":
+        return lambda v: int(v) if str(v).lstrip("-").isdigit() else v
+    return str

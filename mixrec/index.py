@@ -1,0 +1,80 @@
+"""Nearest-neighbour indexes (FAISS: exact flat, HNSW, IVF) over all destination component vectors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from mixrec.config import IndexConfig
+from mixrec.io import atomic_file, save_json
+
+
+class ComponentIndex:
+    """Inner-product search over the (N * C_d) unit component vectors of one entity type.
+
+    Row ``d * C_d + l`` holds component ``l`` of destination ``d``; :meth:`search` returns cosine
+    similarities and those flat ids (-1 where fewer than ``k`` were found).
+    """
+
+    def __init__(self, index: faiss.Index, n_items: int, components: int, config: IndexConfig):
+        self.index, self.n_items, self.components, self.config = index, n_items, components, config
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, config: IndexConfig | None = None) -> "ComponentIndex":
+        """Index ``vectors`` of shape (N, C_d, n), which must be unit length."""
+        config = config or IndexConfig()
+        n, cd, dim = vectors.shape
+        flat = np.ascontiguousarray(vectors.reshape(n * cd, dim), dtype=np.float32)
+        if config.kind == "flat":
+            index = faiss.IndexFlatIP(dim)
+        elif config.kind == "hnsw":
+            index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efConstruction = config.ef_construction
+        elif config.kind == "ivf":
+            nlist = config.nlist or max(1, int(4 * np.sqrt(len(flat))))
+            nlist = min(nlist, len(flat))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(flat)
+        else:  # pragma: no cover - the config schema rejects other kinds
+            raise ValueError(f"unknown index kind {config.kind!r}")
+        index.add(flat)
+        return cls(index, n, cd, config)
+
+    @property
+    def is_exact(self) -> bool:
+        return self.config.kind == "flat"
+
+    @property
+    def size(self) -> int:
+        return int(self.index.ntotal)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` component vectors per query: (similarities (Q, k), flat ids (Q, k))."""
+        k = int(min(k, self.size))
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.config.kind == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
+            return self.index.search(q, k, params=params)
+        if self.config.kind == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
+            return self.index.search(q, k, params=params)
+        return self.index.search(q, k)
+
+    # ----------------------------------------------------------------- storage
+    def save(self, path: str | Path) -> None:
+        """Write FAISS's own format plus a JSON sidecar (both atomically)."""
+        path = Path(path)
+        data = faiss.serialize_index(self.index)
+        with atomic_file(path) as fh:
+            fh.write(data.tobytes())
+        save_json(path.with_suffix(".json"), {"n_items": self.n_items, "components": self.components,
+                                              "config": self.config.model_dump()})
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ComponentIndex":
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        return cls(index, meta["n_items"], meta["components"], IndexConfig(**meta["config"]))

@@ -1,0 +1,4 @@
+"""Model: the mixture-embedding tables and the pure math (product, pooling, loss)."""
+from mixrec.model.mixture import MixtureModel
+
+__all__ = ["MixtureModel"]

@@ -1,0 +1,133 @@
+"""The paper's math as pure tensor functions: product, poolings (eq. 1, 2) and the margin loss (eq. 3)."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Scale every component vector (last axis) to unit length."""
+    return F.normalize(x, dim=-1, eps=eps)
+
+
+def product(us: Tensor, ud: Tensor, normalized: bool = False) -> Tensor:
+    """Cosine similarity matrix M of paired nodes: (..., C_s, n) x (..., C_d, n) -> (..., C_s, C_d).
+
+    ``normalized=True`` skips the normalisation when the inputs are already unit vectors.
+    """
+    if not normalized:
+        us, ud = normalize(us), normalize(ud)
+    return us @ ud.transpose(-1, -2)
+
+
+def product_all(us: Tensor, ud: Tensor, normalized: bool = False) -> Tensor:
+    """M for every source against every destination: (B, C_s, n) x (N, C_d, n) -> (B, C_s, N, C_d).
+
+    One matrix product; pool it with ``dims=ALL_DIMS`` (the component axes are 1 and 3).
+    """
+    if not normalized:
+        us, ud = normalize(us), normalize(ud)
+    n, cd, dim = ud.shape
+    return (us @ ud.reshape(n * cd, dim).T).view(us.shape[0], us.shape[1], n, cd)
+
+
+PAIR_DIMS = (-2, -1)
+ALL_DIMS = (1, 3)
+
+
+def _out_shape(m: Tensor, dims) -> list[int]:
+    drop = {d % m.dim() for d in dims}
+    return [s for i, s in enumerate(m.shape) if i not in drop]
+
+
+def pool_max(m: Tensor, dims=PAIR_DIMS, **_) -> Tensor:
+    """Largest similarity over all component pairs."""
+    return m.amax(dim=dims)
+
+
+def pool_mean(m: Tensor, dims=PAIR_DIMS, **_) -> Tensor:
+    """Average similarity over all component pairs."""
+    return m.mean(dim=dims)
+
+
+class _SmoothMax(torch.autograd.Function):
+    """Fused eq. 1 with the closed-form gradient dS/dM = p * (1 + (M - S) / gamma), p = softmax(M / gamma)."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, gamma: float, dims: tuple) -> Tensor:
+        p = (m - m.amax(dim=dims, keepdim=True)).div_(gamma).exp_()
+        p.div_(p.sum(dim=dims, keepdim=True))
+        s = (m * p).sum(dim=dims, keepdim=True)
+        ctx.save_for_backward(m, p, s)
+        ctx.gamma = gamma
+        return s.reshape(_out_shape(m, dims))
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        m, p, s = ctx.saved_tensors
+        g = (m - s).div_(ctx.gamma).add_(1.0).mul_(p).mul_(grad.reshape(s.shape))
+        return g, None, None
+
+
+def smoothmax(m: Tensor, gamma: float = 0.1, dims=PAIR_DIMS, **_) -> Tensor:
+    """Eq. 1: sum_{c,l} M_cl softmax(M / gamma)_cl; tends to the max as gamma -> 0."""
+    return _SmoothMax.apply(m, gamma, tuple(dims))
+
+
+def regsmoothmax(m: Tensor, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean", dims=PAIR_DIMS,
+                 **_) -> Tensor:
+    """Eq. 2: theta * (mean or sum of M) + (1 - theta) * smoothmax(M; gamma).
+
+    ``theta_form="sum"`` is eq. 2 as printed (theta weights the *sum* over the C_s x C_d pairs,
+    so the score can exceed 1); ``"mean"`` weights the average, which is what the paper's text
+    describes ("towards the average cosine similarity") and keeps the score in [-1, 1].
+    """
+    reg = m.mean(dim=dims) if theta_form == "mean" else m.sum(dim=dims)
+    return theta * reg + (1.0 - theta) * smoothmax(m, gamma=gamma, dims=dims)
+
+
+POOLINGS: dict[str, Callable[..., Tensor]] = {
+    "max": pool_max,
+    "mean": pool_mean,
+    "smoothmax": smoothmax,
+    "regsmoothmax": regsmoothmax,
+}
+
+BUILTIN = frozenset(POOLINGS)
+
+
+def register_pooling(name: str, fn: Callable[..., Tensor]) -> None:
+    """Add a pooling function ``fn(M, gamma=, theta=, theta_form=, dims=) -> scores`` under ``name``."""
+    POOLINGS[name] = fn
+
+
+def pool(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
+         dims=PAIR_DIMS) -> Tensor:
+    """Pool the component axes ``dims`` (C_s, C_d) of ``m`` with the named pooling."""
+    try:
+        fn = POOLINGS[name]
+    except KeyError:
+        raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(POOLINGS)}") from None
+    if all(m.shape[d] == 1 for d in dims) and name in BUILTIN:
+        return m.reshape(_out_shape(m, dims))  # one component pair: every built-in pooling is the identity
+    return fn(m, gamma=gamma, theta=theta, theta_form=theta_form, dims=dims)
+
+
+def margin_loss(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None = None,
+                mask: Tensor | None = None) -> Tensor:
+    """Eq. 3 summed as in eq. 4: sum_b w_b sum_j max(neg_bj + margin - pos_b, 0).
+
+    ``pos`` (B,), ``neg`` (B, N); ``mask`` (B, N) drops negatives (e.g. a positive's own item);
+    ``weight`` (B,) is omega(e, e') per positive.
+    """
+    viol = torch.relu(neg + margin - pos.unsqueeze(-1))
+    if mask is not None:
+        viol = viol * mask
+    per_pos = viol.sum(-1)
+    if weight is not None:
+        per_pos = per_pos * weight
+    return per_pos.sum()

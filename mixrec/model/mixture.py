@@ -1,0 +1,166 @@
+"""The mixture-embedding model: one (N, C, dim) table per entity type, scoring, and its model directory."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mixrec.config import Config
+from mixrec.data.dataset import Dataset, Relation, _id_array
+from mixrec.io import load_array, save_array, save_json, sha256
+from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
+
+MODEL_FORMAT = 1
+
+
+@dataclass
+class MixtureModel:
+    """Trained mixture embeddings plus what retrieval needs: ids, relations, weights, training edges."""
+
+    config: Config
+    tables: dict[str, torch.Tensor]  # type -> (N, C, dim) float32
+    relations: list[Relation]
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
+    weights: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # set -> type -> (N, C)
+    train_edges: dict[str, np.ndarray] = field(default_factory=dict)  # src, dst, rel (int64)
+    info: dict = field(default_factory=dict)
+    path: Path | None = None
+
+    # ----------------------------------------------------------------- creation
+    @classmethod
+    def initialise(cls, dataset: Dataset, config: Config) -> "MixtureModel":
+        """Random unit components for every entity type, seeded by ``config.seed``."""
+        g = torch.Generator().manual_seed(config.seed)
+        tables = {}
+        for t in dataset.entity_types:
+            c = config.components_of(t)
+            tables[t] = torch.randn(dataset.num(t), c, config.dim, generator=g) * config.init_scale
+        train = dataset.split("train")
+        return cls(config=config, tables=tables, relations=list(dataset.relations), ids=dict(dataset.ids),
+                   train_edges={"src": train.src, "dst": train.dst, "rel": train.rel})
+
+    # ----------------------------------------------------------------- queries
+    def components(self, entity_type: str) -> int:
+        return int(self.tables[entity_type].shape[1])
+
+    def num(self, entity_type: str) -> int:
+        return int(self.tables[entity_type].shape[0])
+
+    def vectors(self, entity_type: str) -> torch.Tensor:
+        """Unit-normalised components of a type, (N, C, dim)."""
+        return normalize(self.tables[entity_type])
+
+    @property
+    def source_type(self) -> str:
+        return self.relations[0].source_type
+
+    @property
+    def target_type(self) -> str:
+        return self.relations[0].target_type
+
+    def relation_code(self, name: str) -> int:
+        names = [r.name for r in self.relations]
+        if name not in names:
+            raise KeyError(f"unknown relation {name!r}; the model has {names}")
+        return names.index(name)
+
+    def mixture_weights(self, entity_type: str, weight_set: str = "all") -> np.ndarray:
+        """(N, C) weights of a named set; uniform where the set was not computed."""
+        if weight_set in self.weights and entity_type in self.weights[weight_set]:
+            return self.weights[weight_set][entity_type]
+        if weight_set not in self.weights and self.weights:
+            raise KeyError(f"unknown weight set {weight_set!r}; the model has {sorted(self.weights)}")
+        c = self.components(entity_type)
+        return np.full((self.num(entity_type), c), 1.0 / c, dtype=np.float32)
+
+    def score(self, sources: np.ndarray, targets: np.ndarray | None = None, *, pooling: str | None = None,
+              source_type: str | None = None, target_type: str | None = None) -> torch.Tensor:
+        """Pooled scores (B, N) of sources against all (or the given) targets."""
+        cfg = self.config
+        us = self.tables[source_type or self.source_type][torch.as_tensor(sources)]
+        vt = self.tables[target_type or self.target_type]
+        ud = vt if targets is None else vt[torch.as_tensor(targets)]
+        m = product_all(us, ud)
+        return pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
+                    dims=ALL_DIMS)
+
+    def seen(self, relations: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (indptr, indices) of each source's training destinations (optionally some relations)."""
+        src, dst, rel = self.train_edges["src"], self.train_edges["dst"], self.train_edges["rel"]
+        if relations is not None:
+            keep = np.isin(rel, [self.relation_code(r) for r in relations])
+            src, dst = src[keep], dst[keep]
+        n = self.num(self.source_type)
+        order = np.lexsort((dst, src))
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+        return indptr, dst[order].astype(np.int64)
+
+    # ----------------------------------------------------------------- storage
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory (each file atomically; ``model.json`` last)."""
+        path = Path(path)
+        (path / "embeddings").mkdir(parents=True, exist_ok=True)
+        (path / "ids").mkdir(exist_ok=True)
+        for t, tab in self.tables.items():
+            save_array(path / "embeddings" / f"{t}.npy", normalize(tab).numpy().astype(np.float32))
+            tmp = path / "ids" / f".{t}.parquet.tmp"
+            pq.write_table(pa.table({"id": _id_array(self.ids[t])}), tmp)
+            tmp.replace(path / "ids" / f"{t}.parquet")
+        for name, per_type in self.weights.items():
+            (path / "weights" / name).mkdir(parents=True, exist_ok=True)
+            for t, w in per_type.items():
+                save_array(path / "weights" / name / f"{t}.npy", w.astype(np.float32))
+        (path / "train").mkdir(exist_ok=True)
+        for k, v in self.train_edges.items():
+            save_array(path / "train" / f"{k}.npy", v.astype(np.int64))
+        self.config.save(path / "config.toml")
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_artifact(path, p))
+        meta = {
+            "format": MODEL_FORMAT,
+            "entities": {t: {"count": self.num(t), "components": self.components(t)} for t in self.tables},
+            "relations": [r.__dict__ for r in self.relations],
+            "weight_sets": {n: sorted(w) for n, w in self.weights.items()},
+            "info": self.info,
+            "checksums": {str(p.relative_to(path)): sha256(p) for p in files},
+        }
+        save_json(path / "model.json", meta)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> "MixtureModel":
+        """Read a model directory without unpickling anything; checksums are verified by default."""
+        path = Path(path)
+        meta_path = path / "model.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{path}: not a mixrec model (no model.json); train one with `mixrec train`")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format") != MODEL_FORMAT:
+            raise ValueError(f"{meta_path}: model format {meta.get('format')!r}, expected {MODEL_FORMAT}")
+        if verify:
+            for rel, digest in meta.get("checksums", {}).items():
+                f = path / rel
+                if not f.is_file() or sha256(f) != digest:
+                    raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
+                                     "retrain or restore the model directory")
+        config = Config.load(path / "config.toml")
+        tables = {t: torch.from_numpy(np.array(load_array(path / "embeddings" / f"{t}.npy")))
+                  for t in meta["entities"]}
+        ids = {t: pq.read_table(path / "ids" / f"{t}.parquet").column("id").to_numpy(zero_copy_only=False)
+               for t in meta["entities"]}
+        weights = {n: {t: load_array(path / "weights" / n / f"{t}.npy") for t in types}
+                   for n, types in meta.get("weight_sets", {}).items()}
+        train = {k: load_array(path / "train" / f"{k}.npy") for k in ("src", "dst", "rel")}
+        return cls(config=config, tables=tables, relations=[Relation(**r) for r in meta["relations"]], ids=ids,
+                   weights=weights, train_edges=train, info=meta.get("info", {}), path=path)
+
+
+def _is_artifact(root: Path, p: Path) -> bool:
+    rel = p.relative_to(root).parts
+    return rel[0] not in ("checkpoint", "index", "model.json") and not p.name.startswith(".")

@@ -1,0 +1,86 @@
+"""Training edges, their weights omega(e) and the seeded, per-epoch batch schedule with uniform negatives."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from mixrec.config import Config
+from mixrec.data.dataset import Dataset, Edges, Relation
+from mixrec.train.step import Batch
+
+
+@dataclass
+class TrainingEdges:
+    """Per relation: source, destination and omega(e) of every training edge."""
+
+    relations: list[Relation]
+    src: list[np.ndarray]
+    dst: list[np.ndarray]
+    weight: list[np.ndarray]
+    num_targets: list[int]
+
+    @property
+    def total(self) -> int:
+        return int(sum(len(s) for s in self.src))
+
+
+def edge_weights(edges: Edges, rel_cfg_weight: float, degree_exponent: float,
+                 n_src: int, n_dst: int) -> np.ndarray:
+    """omega(e) = task weight * input weight * (deg_s * deg_d)^-exponent, the degree term normalised to mean 1."""
+    w = edges.weight.astype(np.float64) * rel_cfg_weight
+    if degree_exponent:
+        ds = np.bincount(edges.src, minlength=n_src)[edges.src]
+        dd = np.bincount(edges.dst, minlength=n_dst)[edges.dst]
+        f = (ds.astype(np.float64) * dd) ** (-degree_exponent)
+        w = w * f / f.mean()
+    return w.astype(np.float32)
+
+
+def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
+    """Group the train split by relation and attach omega(e) from ``relations.<name>`` settings."""
+    train = dataset.split("train")
+    out = TrainingEdges(list(dataset.relations), [], [], [], [])
+    for code, r in enumerate(dataset.relations):
+        e = train.select(train.rel == code)
+        rc = cfg.relation(r.name)
+        out.src.append(e.src)
+        out.dst.append(e.dst)
+        out.weight.append(edge_weights(e, rc.weight, rc.degree_exponent,
+                                       dataset.num(r.source_type), dataset.num(r.target_type)))
+        out.num_targets.append(dataset.num(r.target_type))
+    return out
+
+
+def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
+    """The generator of one epoch: the same (seed, epoch) always yields the same schedule."""
+    return np.random.default_rng([seed, epoch, 0x6D6978])
+
+
+def epoch_schedule(edges: TrainingEdges, cfg: Config, epoch: int) -> list[tuple[int, np.ndarray]]:
+    """Shuffled (relation, edge positions) batches of one epoch; relations with weight 0 are skipped."""
+    rng = epoch_rng(cfg.seed, epoch)
+    batches: list[tuple[int, np.ndarray]] = []
+    for code, r in enumerate(edges.relations):
+        n = len(edges.src[code])
+        if n == 0 or cfg.relation(r.name).weight == 0:
+            continue
+        perm = rng.permutation(n)
+        batches.extend((code, perm[i:i + cfg.batch_size]) for i in range(0, n, cfg.batch_size))
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def make_batches(edges: TrainingEdges, cfg: Config, epoch: int,
+                 schedule: list[tuple[int, np.ndarray]] | None = None,
+                 start: int = 0, stride: int = 1) -> Iterator[Batch]:
+    """Materialise batches ``start, start+stride, ...`` of an epoch's schedule (workers take a stride each)."""
+    schedule = epoch_schedule(edges, cfg, epoch) if schedule is None else schedule
+    for i in range(start, len(schedule), stride):
+        code, pos = schedule[i]
+        r = edges.relations[code]
+        neg_rng = np.random.default_rng([cfg.seed, epoch, i, 0x6E6567])
+        uniform = neg_rng.integers(0, edges.num_targets[code], size=cfg.negatives.uniform, dtype=np.int64)
+        yield Batch(r.source_type, r.target_type, edges.src[code][pos], edges.dst[code][pos],
+                    edges.weight[code][pos], uniform)
