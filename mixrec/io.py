@@ -21,7 +21,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     """
     path = Path(path)
     if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (or --overwrite) to replace it")
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it, or choose another output path")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -177,5 +178,5 @@ def _id_array(ids: np.ndarray) -> pa.Array:
 
 def _id_converter(table: np.ndarray):
     if table.dtype.kind in "iu":
-        return lambda v: int(v) if str(v).lstrip("-").isdigit() else v
+        return lambda v: int(v) if re.fullmatch(r"0|-?[1-9][0-9]*", str(v)) else v
     return str
