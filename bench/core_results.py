@@ -39,8 +39,11 @@ DATASETS = {
 MODELS = {
     "single 1x64": {"components.user": 1, "components.item": 1, "dim": 64},
     "mixture 4x16": {"components.user": 4, "components.item": 1, "dim": 16},
+    "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
+DEFAULT_MODELS = ["single 1x64", "mixture 4x16", "mixture 4x64"]
+NOTES_MARKER = "<!-- notes: kept across re-runs -->"
 KEYS = ("recall@20", "ndcg@20", "div@50", "label_coverage@50", "catalog_coverage@50")
 
 
@@ -59,7 +62,7 @@ def run_dataset(name: str, spec: dict, work: Path, epochs: int | None, models: l
             over["epochs"] = epochs
         cfg = Config().with_overrides(over)
         t1 = time.perf_counter()
-        model = train(data, cfg, work / f"{name}-{model_name.split()[0]}", progress=False)
+        model = train(data, cfg, work / f"{name}-{model_name.replace(' ', '_')}", progress=False)
         t_train = time.perf_counter() - t1
         rep = evaluate(model, data, [20, 50], labels=labels)["relations"]
         res = rep[next(iter(rep))]
@@ -99,7 +102,7 @@ def _fmt(v) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
-    p.add_argument("--models", nargs="+", default=list(MODELS))
+    p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     p.add_argument("--epochs", type=int, default=None, help="override the default number of epochs")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
@@ -113,7 +116,11 @@ def main() -> None:
         rows += run_dataset(name, DATASETS[name], Path(a.work), a.epochs, a.models)
     if rows:
         cmd = "python bench/core_results.py " + " ".join(sys.argv[1:])
-        Path(a.out).write_text(to_markdown(rows, cmd.strip(), time.perf_counter() - t0))
+        out = Path(a.out)
+        notes = ""  # hand-written analysis below the marker survives a re-run
+        if out.is_file() and NOTES_MARKER in out.read_text():
+            notes = out.read_text().split(NOTES_MARKER, 1)[1]
+        out.write_text(to_markdown(rows, cmd.strip(), time.perf_counter() - t0) + "\n" + NOTES_MARKER + notes)
         print(f"wrote {a.out}")
 
 

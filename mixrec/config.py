@@ -77,8 +77,8 @@ class Config(_Strict):
                                        description="components.<entity type> = C for that type (default 1)")
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(1024, ge=1)
-    lr: float = Field(0.1, gt=0, description="row-wise Adagrad learning rate")
-    margin: float = Field(0.1, ge=0, description="lambda of eq. 3")
+    lr: float = Field(0.5, gt=0, description="row-wise Adagrad learning rate")
+    margin: float = Field(0.3, ge=0, description="lambda of eq. 3")
     pooling: Pooling = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default)")
     negative_pooling: Optional[Pooling] = Field(None, description="pooling of negatives; default smoothmax "
                                                 "(max when pooling=max, mean when pooling=mean)")
@@ -90,7 +90,8 @@ class Config(_Strict):
                             "'sum': eq. 2 as printed (theta weights the sum)")
     negatives: NegativesConfig = Field(default_factory=NegativesConfig)
     relations: dict[str, RelationConfig] = Field(default_factory=dict, description="relations.<name>.weight etc.")
-    init_scale: float = Field(1.0, gt=0)
+    init_scale: float = Field(0.1, gt=0, description="std of the initial components; with cosine scores "
+                              "the effective step is lr / init_scale")
     workers: int = Field(1, ge=1, description="HOGWILD worker processes")
     seed: int = 0
     weight_sets: dict[str, WeightSetConfig] = Field(default_factory=lambda: {"all": WeightSetConfig()})

@@ -81,6 +81,8 @@ class Retriever:
         self.w_dst = model.mixture_weights(self.target_type, weight_set)
         self.w_src = model.mixture_weights(model.source_type, weight_set)
         self.index = index or load_or_build_index(model, self.target_type, index_config or model.config.index)
+        self.source_vectors = model.vectors(model.source_type).numpy()
+        self.target_vectors = model.vectors(self.target_type).numpy()
 
     def search_vectors(self, queries: np.ndarray, weights: np.ndarray, k: int,
                        exclude: tuple[np.ndarray, np.ndarray] | None = None, extra: int = 0) -> Candidates:
@@ -96,7 +98,7 @@ class Retriever:
         """Top ``k`` items for dense user indices; ``exclude_seen`` = True (all training relations),
         False, or a list of relation names whose training items are excluded."""
         users = np.asarray(users, dtype=np.int64)
-        vectors = self.model.vectors(self.model.source_type).numpy()[users]
+        vectors = self.source_vectors[users]
         excl, extra = None, 0
         if exclude_seen is not False:
             rels = None if exclude_seen is True else list(exclude_seen)
@@ -127,7 +129,7 @@ class Retriever:
     def similar(self, items: Sequence[int] | np.ndarray, k: int = 10) -> Candidates:
         """Item-to-item neighbours: an item's own components and weights as the query (itself excluded)."""
         items = np.asarray(items, dtype=np.int64)
-        vec = self.model.vectors(self.target_type).numpy()[items]
+        vec = self.target_vectors[items]
         excl = (np.arange(len(items)), items)
         return self.search_vectors(vec, self.w_dst[items], k, excl, extra=1)
 

@@ -55,11 +55,11 @@ def test_product_matches_naive_cosine(pair):
 
 def test_product_all_is_every_pair(pair):
     us, ud = pair
-    m = F.product_all(us, ud)  # (B, C_s, N, C_d)
-    assert m.shape == (5, 3, 5, 2)
+    m = F.product_all(us, ud)  # (B, C_s, C_d, N)
+    assert m.shape == (5, 3, 2, 5)
     for b in range(5):
         for j in range(5):
-            assert torch.allclose(m[b, :, j, :], F.product(us[b], ud[j]))
+            assert torch.allclose(m[b, :, :, j], F.product(us[b], ud[j]))
 
 
 def test_hand_computed_poolings():
@@ -111,14 +111,14 @@ def test_single_pair_pooling_is_identity():
 
 def test_fused_smoothmax_gradient_matches_autograd_reference():
     g = torch.Generator().manual_seed(2)
-    m = (torch.rand(3, 4, 5, 2, generator=g) * 2 - 1).requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x: F.smoothmax(x, gamma=0.3, dims=(1, 3)), (m,))
+    m = (torch.rand(3, 4, 2, 5, generator=g) * 2 - 1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: F.smoothmax(x, gamma=0.3, dims=F.ALL_DIMS), (m,))
 
     def reference(x):
-        f = x.permute(0, 2, 1, 3).flatten(-2)
+        f = x.permute(0, 3, 1, 2).flatten(-2)
         return (f * torch.softmax(f / 0.3, -1)).sum(-1)
 
-    out = F.smoothmax(m, gamma=0.3, dims=(1, 3))
+    out = F.smoothmax(m, gamma=0.3, dims=F.ALL_DIMS)
     assert torch.allclose(out, reference(m))
     w = torch.randn(out.shape, generator=g)
     (ga,) = torch.autograd.grad((out * w).sum(), m)

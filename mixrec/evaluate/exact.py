@@ -36,7 +36,7 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
         for lo in tqdm(range(0, len(users), batch), disable=not progress, desc="exact scoring", unit="batch"):
             u = users[lo:lo + batch]
             us = us_all[torch.as_tensor(u)]  # (B, C_s, n)
-            m = product_all(us, vt, normalized=True)  # (B, C_s, N, C_d)
+            m = product_all(us, vt, normalized=True)  # (B, C_s, C_d, N)
             s = pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
                      dims=ALL_DIMS)
             if exclude is not None:

@@ -25,18 +25,20 @@ def product(us: Tensor, ud: Tensor, normalized: bool = False) -> Tensor:
 
 
 def product_all(us: Tensor, ud: Tensor, normalized: bool = False) -> Tensor:
-    """M for every source against every destination: (B, C_s, n) x (N, C_d, n) -> (B, C_s, N, C_d).
+    """M for every source against every destination: (B, C_s, n) x (N, C_d, n) -> (B, C_s, C_d, N).
 
-    One matrix product; pool it with ``dims=ALL_DIMS`` (the component axes are 1 and 3).
+    One matrix product; the destination axis is last (contiguous), so pooling over the component
+    axes (``dims=ALL_DIMS``) reduces over outer axes and vectorises along N.
     """
     if not normalized:
         us, ud = normalize(us), normalize(ud)
     n, cd, dim = ud.shape
-    return (us @ ud.reshape(n * cd, dim).T).view(us.shape[0], us.shape[1], n, cd)
+    flat = ud.reshape(n, dim) if cd == 1 else ud.transpose(0, 1).reshape(cd * n, dim)
+    return (us @ flat.T).view(us.shape[0], us.shape[1], cd, n)
 
 
 PAIR_DIMS = (-2, -1)
-ALL_DIMS = (1, 3)
+ALL_DIMS = (1, 2)
 
 
 def _out_shape(m: Tensor, dims) -> list[int]:

@@ -30,6 +30,7 @@ class MixtureModel:
     train_edges: dict[str, np.ndarray] = field(default_factory=dict)  # src, dst, rel (int64)
     info: dict = field(default_factory=dict)
     path: Path | None = None
+    _seen_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- creation
     @classmethod
@@ -90,7 +91,13 @@ class MixtureModel:
                     dims=ALL_DIMS)
 
     def seen(self, relations: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (indptr, indices) of each source's training destinations (optionally some relations)."""
+        """CSR (indptr, indices) of each source's training destinations (optionally some relations); cached."""
+        key = None if relations is None else tuple(sorted(relations))
+        if key not in self._seen_cache:
+            self._seen_cache[key] = self._build_seen(relations)
+        return self._seen_cache[key]
+
+    def _build_seen(self, relations: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
         src, dst, rel = self.train_edges["src"], self.train_edges["dst"], self.train_edges["rel"]
         if relations is not None:
             keep = np.isin(rel, [self.relation_code(r) for r in relations])

@@ -1,0 +1,181 @@
+"""Fold-in: mixture components and weights for a user the model never saw, from its item history alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from mixrec.config import Config
+from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, margin_loss, normalize, pool, product, product_all
+from mixrec.train.step import rowwise_adagrad_
+from mixrec.weights import accumulate_weights, component_logits
+
+DEFAULT_STEPS = 300
+DEFAULT_NEGATIVES = 256
+
+
+@dataclass
+class FoldInSettings:
+    """How a new user is fitted: ``steps`` full-history Adagrad steps against ``negatives`` uniform items each."""
+
+    steps: int = DEFAULT_STEPS
+    negatives: int = DEFAULT_NEGATIVES
+    lr: float | None = None  # None: the model's training learning rate
+    seed: int | None = None  # None: the model's seed
+
+
+@dataclass
+class FoldedUsers:
+    """Folded-in users: unit components (B, C_s, n), mixture weights (B, C_s) and the final loss per user."""
+
+    vectors: np.ndarray
+    weights: np.ndarray
+    loss: np.ndarray
+
+
+def pad_histories(histories: Sequence[np.ndarray], values: Sequence[np.ndarray] | None = None,
+                  fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Stack ragged item lists into (B, H) int64 (padding 0) and per-edge values (B, H) (padding ``fill``)."""
+    h = max((len(x) for x in histories), default=0)
+    items = np.zeros((len(histories), max(h, 1)), np.int64)
+    vals = np.full((len(histories), max(h, 1)), fill, np.float32)
+    for i, x in enumerate(histories):
+        items[i, :len(x)] = x
+        vals[i, :len(x)] = 1.0 if values is None else values[i]
+    return items, vals
+
+
+def foldin_loss(u: torch.Tensor, items: torch.Tensor, hist: torch.Tensor, edge_w: torch.Tensor,
+                neg: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Eq. 3/4 for new users against frozen items: the training loss with only the user side free.
+
+    ``u`` (B, C_s, n) raw components, ``items`` (N, C_d, n) unit item components, ``hist`` (B, H) item
+    indices, ``edge_w`` (B, H) omega per history edge (0 for padding), ``neg`` (M,) uniform negatives.
+    A negative equal to the positive's own item is masked, as in training.
+    """
+    kw = dict(gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form)
+    us = normalize(u)
+    m_pos = product(us.unsqueeze(1), items[hist], normalized=True)  # (B, H, C_s, C_d)
+    pos = pool(m_pos, cfg.pooling, dims=PAIR_DIMS, **kw)  # (B, H)
+    negs = pool(product_all(us, items[neg], normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw)  # (B, M)
+    b, h = hist.shape
+    mask = (neg.view(1, 1, -1) != hist.unsqueeze(-1)).to(negs.dtype)  # (B, H, M)
+    negs = negs.unsqueeze(1).expand(b, h, -1)
+    return margin_loss(pos.reshape(-1), negs.reshape(b * h, -1), cfg.margin, edge_w.reshape(-1),
+                       mask.reshape(b * h, -1))
+
+
+def foldin_weights(us: torch.Tensor, items: torch.Tensor, hist: np.ndarray, edge_mask: np.ndarray,
+                   gamma: float, form: str = "sum") -> np.ndarray:
+    """Eq. 5 mixture weights (B, C_s) of folded users from their history edges where ``edge_mask`` is true.
+
+    Users without such edges get uniform weights (as trained users without edges do).
+    """
+    b, cs = us.shape[0], us.shape[1]
+    rows, cols = np.nonzero(edge_mask)
+    node = torch.as_tensor(rows, dtype=torch.int64)
+    with torch.no_grad():
+        m = product(normalize(us[node]), items[torch.as_tensor(hist[rows, cols])], normalized=True)
+        x = component_logits(m, gamma, "source", form)
+
+    def chunks():
+        yield node, x
+    return accumulate_weights(chunks, b, cs)
+
+
+def fold_in(items: torch.Tensor, histories: Sequence[np.ndarray], cfg: Config, components: int, *,
+            edge_weights: Sequence[np.ndarray] | None = None, weight_edges: Sequence[np.ndarray] | None = None,
+            weight_gamma: float = 0.1, weight_form: str = "sum", uniform_weights: bool = False,
+            settings: FoldInSettings | None = None) -> FoldedUsers:
+    """Fit ``components`` unit vectors per new user by the margin loss with ``items`` (N, C_d, n) frozen.
+
+    ``histories``: one array of item indices per user (non-empty). ``edge_weights``: omega per history
+    edge (default 1). ``weight_edges``: boolean per edge, the edges eq. 5 uses (default all);
+    ``uniform_weights`` skips eq. 5. Deterministic: every user starts from the same seeded components and
+    all users of a call share the seeded negatives, so a user's result does not depend on its batch mates.
+    """
+    s = settings or FoldInSettings()
+    if not histories:
+        n = items.shape[-1]
+        return FoldedUsers(np.zeros((0, components, n), np.float32), np.zeros((0, components), np.float32),
+                           np.zeros(0, np.float32))
+    if any(len(h) == 0 for h in histories):
+        raise ValueError("every history needs at least one item to fold a user in")
+    seed = cfg.seed if s.seed is None else s.seed
+    lr = cfg.lr if s.lr is None else s.lr
+    n_items, _, dim = items.shape
+    hist_np, w_np = pad_histories(histories, edge_weights)
+    hist, edge_w = torch.from_numpy(hist_np), torch.from_numpy(w_np)
+    b = len(histories)
+    g = torch.Generator().manual_seed(int(seed))
+    start = torch.randn(components, dim, generator=g) * cfg.init_scale
+    u = start.unsqueeze(0).repeat(b, 1, 1)
+    state = torch.zeros(b)
+    rows = torch.arange(b)
+    m = min(s.negatives, n_items)
+    loss = torch.zeros(b)
+    for _ in range(s.steps):
+        neg = torch.randint(0, n_items, (m,), generator=g)
+        leaf = u.clone().requires_grad_(True)
+        total = foldin_loss(leaf, items, hist, edge_w, neg, cfg)
+        total.backward()
+        with torch.no_grad():
+            rowwise_adagrad_(u, state, rows, leaf.grad, lr)
+    with torch.no_grad():  # final per-user loss, on fresh negatives (for diagnostics)
+        neg = torch.randint(0, n_items, (m,), generator=g)
+        loss = torch.stack([foldin_loss(u[i:i + 1], items, hist[i:i + 1], edge_w[i:i + 1], neg, cfg)
+                            for i in range(b)]) / edge_w.sum(1).clamp_min(1e-9)
+    if uniform_weights:
+        w = np.full((b, components), 1.0 / components, np.float32)
+    else:
+        mask = w_np > 0 if weight_edges is None else pad_histories(histories, weight_edges)[1] > 0
+        w = foldin_weights(u, items, hist_np, mask, weight_gamma, weight_form)
+    return FoldedUsers(normalize(u).numpy().astype(np.float32), w, loss.numpy().astype(np.float32))
+
+
+def fold_in_model(model, histories: Sequence[np.ndarray], relations: Sequence[np.ndarray] | None = None, *,
+                  weight_set: str = "all", target_type: str | None = None,
+                  settings: FoldInSettings | None = None, items: torch.Tensor | None = None) -> FoldedUsers:
+    """Fold new source-type users into a trained :class:`MixtureModel` from dense item histories.
+
+    ``relations``: per user, a relation code per history edge (default: the model's first relation
+    ending in the target type). Edges are weighted by ``relations.<name>.weight`` (the degree term of
+    training is not applied); mixture weights use the edges of ``weight_set``'s relations (uniform when
+    the model has no such set). ``items``: the target type's unit vectors, if already at hand.
+    """
+    cfg = model.config
+    t_type = target_type or model.target_type
+    codes_ok = [i for i, r in enumerate(model.relations)
+                if r.source_type == model.source_type and r.target_type == t_type]
+    if not codes_ok:
+        raise ValueError(f"the model has no relation from {model.source_type!r} to {t_type!r} to fold in with")
+    if relations is None:
+        relations = [np.full(len(h), codes_ok[0], np.int64) for h in histories]
+    for h, r in zip(histories, relations):
+        if len(h) != len(r):
+            raise ValueError("give one relation per history item")
+        bad = sorted(set(np.asarray(r).tolist()) - set(codes_ok))
+        if bad:
+            names = [model.relations[c].name if 0 <= c < len(model.relations) else str(c) for c in bad]
+            raise ValueError(f"relation(s) {names} do not go from {model.source_type!r} to {t_type!r}; "
+                             f"use one of {[model.relations[c].name for c in codes_ok]}")
+    omega = np.array([cfg.relation(r.name).weight for r in model.relations], np.float32)
+    edge_w = [omega[np.asarray(r, np.int64)] for r in relations]
+    ws = cfg.weight_sets.get(weight_set)
+    uniform = weight_set not in model.weights
+    if ws is not None and not uniform:
+        names = ws.relations or [r.name for r in model.relations]
+        use = [model.relation_code(n) for n in names]
+        weight_edges = [np.isin(np.asarray(r), use) for r in relations]
+        gamma, form = ws.gamma, ws.form
+    else:
+        weight_edges, gamma, form = None, 0.1, "sum"
+    if items is None:
+        items = model.vectors(t_type)
+    with torch.no_grad():
+        items = items.detach()
+    return fold_in(items, [np.asarray(h, np.int64) for h in histories], cfg, model.components(model.source_type),
+                   edge_weights=edge_w, weight_edges=weight_edges, weight_gamma=gamma, weight_form=form,
+                   uniform_weights=uniform, settings=settings)
