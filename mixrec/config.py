@@ -26,6 +26,8 @@ class RelationConfig(_Strict):
 
     weight: float = Field(1.0, ge=0, description="task weight omega_T in eq. 4")
     degree_exponent: float = Field(0.0, description="multiply the weight by (src_deg * dst_deg) ** -exponent / mean")
+    edge_weight: str = Field("default", description="name of a registered omega(e) function "
+                                                    "(mixrec.train.sampler.register_edge_weight)")
 
 
 class NegativesConfig(_Strict):

@@ -68,6 +68,20 @@ def test_edge_weights_task_and_degree():
     np.testing.assert_allclose(w, raw / (np.array([1 / 2, 1 / 4, 1 / 2]).mean()), rtol=1e-6)
 
 
+def test_pluggable_edge_weight_function(planted):
+    from mixrec.train.sampler import EDGE_WEIGHTS, register_edge_weight
+    ds, _ = planted
+    register_edge_weight("half_test", lambda e, rc, ns, nd: np.full(len(e), 0.5 * rc.weight))
+    try:
+        edges = training_edges(ds, fast(**{"relations.like.edge_weight": "half_test", "relations.like.weight": 3}))
+        assert np.allclose(edges.weight[ds.relation_code("like")], 1.5)
+        assert np.allclose(edges.weight[ds.relation_code("click")], 1.0)
+        with pytest.raises(ValueError, match="relations.click.edge_weight: unknown function 'nope'"):
+            training_edges(ds, fast(**{"relations.click.edge_weight": "nope"}))
+    finally:
+        del EDGE_WEIGHTS["half_test"]
+
+
 def test_schedule_covers_every_edge_once_and_skips_zero_weight(planted):
     ds, _ = planted
     cfg = fast(**{"relations.like.weight": 0.0})

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
-from mixrec.config import Config
+from mixrec.config import Config, RelationConfig
 from mixrec.data.dataset import Dataset, Edges, Relation
 from mixrec.train.step import Batch
 
@@ -38,6 +38,18 @@ def edge_weights(edges: Edges, rel_cfg_weight: float, degree_exponent: float,
     return w.astype(np.float32)
 
 
+EdgeWeightFn = Callable[[Edges, RelationConfig, int, int], np.ndarray]
+EDGE_WEIGHTS: dict[str, EdgeWeightFn] = {
+    "default": lambda e, rc, n_src, n_dst: edge_weights(e, rc.weight, rc.degree_exponent, n_src, n_dst),
+}
+
+
+def register_edge_weight(name: str, fn: EdgeWeightFn) -> None:
+    """Plug in omega(e): ``fn(edges, relation_config, n_sources, n_targets) -> (E,) weights``;
+    select it with ``relations.<name>.edge_weight = "<name>"``."""
+    EDGE_WEIGHTS[name] = fn
+
+
 def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
     """Group the train split by relation and attach omega(e) from ``relations.<name>`` settings."""
     train = dataset.split("train")
@@ -47,8 +59,16 @@ def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
         rc = cfg.relation(r.name)
         out.src.append(e.src)
         out.dst.append(e.dst)
-        out.weight.append(edge_weights(e, rc.weight, rc.degree_exponent,
-                                       dataset.num(r.source_type), dataset.num(r.target_type)))
+        try:
+            fn = EDGE_WEIGHTS[rc.edge_weight]
+        except KeyError:
+            raise ValueError(f"relations.{r.name}.edge_weight: unknown function {rc.edge_weight!r}; "
+                             f"registered: {sorted(EDGE_WEIGHTS)}") from None
+        w = np.asarray(fn(e, rc, dataset.num(r.source_type), dataset.num(r.target_type)), dtype=np.float32)
+        if w.shape != (len(e),) or not np.isfinite(w).all() or (w < 0).any():
+            raise ValueError(f"relations.{r.name}.edge_weight {rc.edge_weight!r} must return {len(e)} finite, "
+                             "non-negative weights")
+        out.weight.append(w)
         out.num_targets.append(dataset.num(r.target_type))
     return out
 
