@@ -34,7 +34,7 @@ class NegativesConfig(_Strict):
     """One-sided negatives (section 3.3): destinations of the positive's type."""
 
     batch: int = Field(256, ge=0, description="negatives taken from other positives of the same batch")
-    uniform: int = Field(256, ge=0, description="negatives drawn uniformly from the destination type")
+    uniform: int = Field(1024, ge=0, description="negatives drawn uniformly from the destination type")
 
     @model_validator(mode="after")
     def _some(self):
@@ -66,7 +66,8 @@ class IndexConfig(_Strict):
 class EarlyStopping(_Strict):
     """Stop when validation recall has not improved for `patience` epochs."""
 
-    patience: int = Field(0, ge=0, description="0 disables early stopping")
+    patience: int = Field(3, ge=0, description="epochs without improvement before stopping; 0 disables. "
+                          "Only active when the dataset has a valid split")
     k: int = Field(20, ge=1)
     max_users: int = Field(5000, ge=1, description="validation users sampled for the check")
 
@@ -79,8 +80,8 @@ class Config(_Strict):
                                        description="components.<entity type> = C for that type (default 1)")
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(1024, ge=1)
-    lr: float = Field(0.5, gt=0, description="row-wise Adagrad learning rate")
-    margin: float = Field(0.3, ge=0, description="lambda of eq. 3")
+    lr: float = Field(0.2, gt=0, description="row-wise Adagrad learning rate")
+    margin: float = Field(0.5, ge=0, description="lambda of eq. 3")
     pooling: Pooling = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default)")
     negative_pooling: Optional[Pooling] = Field(None, description="pooling of negatives; default smoothmax "
                                                 "(max when pooling=max, mean when pooling=mean)")
