@@ -106,22 +106,37 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=None, help="override the default number of epochs")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
+    p.add_argument("--rows", default=None, help="also write the raw rows as JSON (for --merge)")
+    p.add_argument("--merge", nargs="+", default=None,
+                   help="build --out from JSON row files of earlier (e.g. parallel) runs instead of running")
     a = p.parse_args()
     t0 = time.perf_counter()
     rows = []
+    if a.merge:
+        for f in a.merge:
+            rows += json.loads(Path(f).read_text())
+        write_markdown(Path(a.out), rows, "python bench/core_results.py " + " ".join(sys.argv[1:]),
+                       sum(r["train_s"] for r in rows))
+        return
     for name in a.datasets:
         if not (DATA / DATASETS[name]["file"]).is_file():
             print(f"skipping {name}: {DATA / DATASETS[name]['file']} not found")
             continue
         rows += run_dataset(name, DATASETS[name], Path(a.work), a.epochs, a.models)
+    if a.rows:
+        Path(a.rows).write_text(json.dumps(rows, indent=1))
     if rows:
-        cmd = "python bench/core_results.py " + " ".join(sys.argv[1:])
-        out = Path(a.out)
-        notes = ""  # hand-written analysis below the marker survives a re-run
-        if out.is_file() and NOTES_MARKER in out.read_text():
-            notes = out.read_text().split(NOTES_MARKER, 1)[1]
-        out.write_text(to_markdown(rows, cmd.strip(), time.perf_counter() - t0) + "\n" + NOTES_MARKER + notes)
-        print(f"wrote {a.out}")
+        write_markdown(Path(a.out), rows, "python bench/core_results.py " + " ".join(sys.argv[1:]),
+                       time.perf_counter() - t0)
+
+
+def write_markdown(out: Path, rows: list[dict], command: str, seconds: float) -> None:
+    """Write the tables; hand-written analysis below the notes marker survives a re-run."""
+    notes = ""
+    if out.is_file() and NOTES_MARKER in out.read_text():
+        notes = out.read_text().split(NOTES_MARKER, 1)[1]
+    out.write_text(to_markdown(rows, command.strip(), seconds) + "\n" + NOTES_MARKER + notes)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":
