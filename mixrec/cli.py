@@ -1,4 +1,4 @@
-"""The `mixrec` command line: a thin veneer over the library (ingest, train, retrieve, evaluate, similar, demo)."""
+"""The `mixrec` command line: a thin veneer over the library (ingest, train, retrieve, evaluate, similar, serve)."""
 from __future__ import annotations
 
 import argparse
@@ -82,6 +82,10 @@ def _add_retrieve(sub) -> None:
     p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
     p.add_argument("--include-seen", action="store_true", help="do not exclude training items")
     p.add_argument("--users", default=None, help="file with one raw user id per line (default: all users)")
+    p.add_argument("--history", default=None, metavar="FILE",
+                   help="fold in new users from a history file (Parquet/CSV/TSV: user, item[, relation]) "
+                        "and retrieve for them instead of the model's users")
+    p.add_argument("--foldin-steps", type=int, default=None, help="Adagrad steps of the fold-in (default 300)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_retrieve)
 
@@ -95,6 +99,10 @@ def cmd_retrieve(a) -> int:
     model = MixtureModel.load(a.model)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
     r = Retriever(model, a.weights, index_config=icfg)
+    if a.history:
+        if a.users:
+            raise ValueError("--users and --history exclude each other: --history folds in new users")
+        return _retrieve_history(model, r, a)
     users = None
     if a.users:
         raw = [line.strip() for line in Path(a.users).read_text().splitlines() if line.strip()]
@@ -104,6 +112,56 @@ def cmd_retrieve(a) -> int:
     with atomic_file(a.out) as fh:
         pq.write_table(table, fh)
     print(f"{table.num_rows:,} candidates for {len(users):,} users written to {a.out}")
+    return 0
+
+
+def _retrieve_history(model, r, a) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mixrec.foldin import FoldInSettings, fold_in_model, read_histories
+    from mixrec.io import atomic_file
+    users, items, rels = read_histories(a.history)
+    lookup = {str(v): i for i, v in enumerate(model.ids[r.target_type].tolist())}
+    names = [rel.name for rel in model.relations]
+    hist, codes = [], []
+    for u, its, rs in zip(users, items, rels):
+        missing = [i for i in its if i not in lookup]
+        if missing:
+            raise ValueError(f"{a.history}: user {u}: {len(missing)} unknown item id(s), e.g. {missing[:3]}")
+        hist.append(np.array([lookup[i] for i in its], np.int64))
+        if rs is not None:
+            bad = sorted(set(rs) - set(names))
+            if bad:
+                raise ValueError(f"{a.history}: unknown relation(s) {bad}; the model has {names}")
+            codes.append(np.array([names.index(x) for x in rs], np.int64))
+    settings = FoldInSettings() if a.foldin_steps is None else FoldInSettings(steps=a.foldin_steps)
+    cols: dict[str, list] = {"user": [], "rank": [], "item": [], "score": [], "component": []}
+    target_ids = model.ids[r.target_type]
+    for lo in range(0, len(hist), 256):
+        h = hist[lo:lo + 256]
+        folded = fold_in_model(model, h, codes[lo:lo + 256] if codes else None, weight_set=a.weights,
+                               settings=settings, items=model.vectors(r.target_type))
+        excl = None
+        if not a.include_seen:
+            excl = (np.repeat(np.arange(len(h)), [len(x) for x in h]), np.concatenate(h))
+        c = r.search_vectors(folded.vectors, folded.weights, a.k, excl, extra=0 if excl is None else
+                             max(len(x) for x in h))
+        for j in range(len(h)):
+            keep = c.items[j] >= 0
+            n = int(keep.sum())
+            cols["user"] += [str(users[lo + j])] * n
+            cols["rank"] += list(range(1, n + 1))
+            cols["item"] += target_ids[c.items[j][keep]].tolist()
+            cols["score"] += c.scores[j][keep].tolist()
+            cols["component"] += c.components[j][keep].tolist()
+    item_type = pa.int64() if target_ids.dtype.kind in "iu" else pa.string()
+    table = pa.table({"user": pa.array(cols["user"], pa.string()), "rank": pa.array(cols["rank"], pa.int32()),
+                      "item": pa.array(cols["item"], item_type), "score": pa.array(cols["score"], pa.float32()),
+                      "component": pa.array(cols["component"], pa.int16())})
+    with atomic_file(a.out) as fh:
+        pq.write_table(table, fh)
+    print(f"{table.num_rows:,} candidates for {len(users):,} folded-in users written to {a.out}")
     return 0
 
 
@@ -208,11 +266,44 @@ def cmd_demo(a) -> int:
     return 0
 
 
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve candidates over HTTP (FastAPI + uvicorn); see docs/serving.md")
+    p.add_argument("model", help="model directory")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
+    p.add_argument("--max-k", type=int, default=1000)
+    p.add_argument("--max-batch", type=int, default=256, help="most users in one POST /v1/candidates")
+    p.add_argument("--max-history", type=int, default=2000, help="most items in one fold-in request")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20)
+    p.add_argument("--foldin-steps", type=int, default=100, help="Adagrad steps per fold-in request")
+    p.add_argument("--admin-token", default=None,
+                   help="token for POST /admin/reload (default $MIXREC_ADMIN_TOKEN); required off loopback")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(a) -> int:
+    from pydantic import ValidationError
+
+    from mixrec.serve import ServeSettings, serve
+    try:
+        settings = ServeSettings(model_dir=a.model, host=a.host, port=a.port, index_kind=a.index, max_k=a.max_k,
+                                 max_batch=a.max_batch, max_history=a.max_history, max_body_bytes=a.max_body_bytes,
+                                 foldin_steps=a.foldin_steps, admin_token=a.admin_token)
+    except ValidationError as e:
+        raise ValueError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
+    print(f"mixrec serve: loading {a.model}, then listening on http://{a.host}:{a.port} (docs at /docs)",
+          file=sys.stderr)
+    serve(settings)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixrec", description="Multi-task mixture-embedding candidate retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_ingest, _add_train, _add_retrieve, _add_similar, _add_evaluate, _add_generate, _add_demo):
+    for add in (_add_ingest, _add_train, _add_retrieve, _add_similar, _add_evaluate, _add_generate, _add_demo,
+                _add_serve):
         add(sub)
     return parser
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -179,3 +180,35 @@ def fold_in_model(model, histories: Sequence[np.ndarray], relations: Sequence[np
     return fold_in(items, [np.asarray(h, np.int64) for h in histories], cfg, model.components(model.source_type),
                    edge_weights=edge_w, weight_edges=weight_edges, weight_gamma=gamma, weight_form=form,
                    uniform_weights=uniform, settings=settings)
+
+
+def read_histories(path: str | Path) -> tuple[list, list[np.ndarray], list[np.ndarray | None]]:
+    """Read a history file (Parquet, CSV or TSV with columns ``user``, ``item`` and optional ``relation``).
+
+    Returns (raw user ids in first-seen order, raw item ids per user, raw relation names per user or None).
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.suffix == ".parquet":
+        table = pq.read_table(path)
+    else:
+        delim = "\t" if path.suffix in (".tsv", ".txt") or path.name.endswith(".tsv.gz") else ","
+        table = pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=delim),
+                              convert_options=pcsv.ConvertOptions(column_types={"user": "string", "item": "string",
+                                                                                "relation": "string"}))
+    missing = {"user", "item"} - set(table.column_names)
+    if missing:
+        raise ValueError(f"{path}: history file needs columns 'user' and 'item' (optional 'relation'); "
+                         f"missing {sorted(missing)}, found {table.column_names}")
+    users = np.array([str(v) for v in table.column("user").to_pylist()], dtype=object)
+    items = np.array([str(v) for v in table.column("item").to_pylist()], dtype=object)
+    rels = (np.array([str(v) for v in table.column("relation").to_pylist()], dtype=object)
+            if "relation" in table.column_names else None)
+    uniq, first, inv = np.unique(users, return_index=True, return_inverse=True)
+    by_user = np.split(np.argsort(inv, kind="stable"), np.cumsum(np.bincount(inv, minlength=len(uniq)))[:-1])
+    order = np.argsort(first, kind="stable")
+    groups = [by_user[g] for g in order]
+    return ([uniq[g] for g in order], [items[g] for g in groups],
+            [None if rels is None else rels[g] for g in groups])

@@ -1,0 +1,83 @@
+"""Request and response bodies of the HTTP API (they also make the OpenAPI schema)."""
+from __future__ import annotations
+
+from typing import Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RawId = Union[int, str]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Candidate(BaseModel):
+    """One retrieved item: raw id, round-robin score max_c w_c / rank_c, 1-based rank, winning user component."""
+
+    item: RawId
+    score: float
+    rank: int
+    component: int
+
+
+class UserCandidates(BaseModel):
+    user: Optional[RawId] = None
+    items: list[Candidate]
+
+
+class CandidatesResponse(UserCandidates):
+    model: str = Field(description="content id of the model that answered (changes on reload)")
+    weights: str
+    k: int
+
+
+class BatchRequest(_Body):
+    users: list[RawId] = Field(min_length=1, description="raw user ids (at most the server's max_batch)")
+    k: Optional[int] = Field(None, ge=1, description="candidates per user (default min(100, max_k))")
+    weights: str = "all"
+    exclude_seen: bool = True
+
+
+class BatchResponse(BaseModel):
+    model: str
+    weights: str
+    k: int
+    results: list[UserCandidates]
+
+
+class HistoryRequest(_Body):
+    items: list[RawId] = Field(min_length=1, description="raw item ids the new user interacted with")
+    relations: Optional[list[str]] = Field(None, description="relation name per item (default: the first relation)")
+    k: Optional[int] = Field(None, ge=1, description="number of candidates (default min(100, max_k))")
+    weights: str = "all"
+    exclude_seen: bool = Field(True, description="leave the history items out of the candidates")
+    ignore_unknown: bool = Field(False, description="skip item ids the model does not know instead of 404")
+
+
+class HistoryResponse(CandidatesResponse):
+    mixture_weights: list[float] = Field(description="the folded-in user's weight per component (eq. 5)")
+    unknown_items: list[RawId] = Field(default_factory=list, description="history ids skipped (ignore_unknown)")
+
+
+class ReloadRequest(_Body):
+    model_dir: Optional[str] = Field(None, description="new model directory (default: reload the current one)")
+
+
+class ModelInfo(BaseModel):
+    model: str
+    path: str
+    users: int
+    items: int
+    user_components: int
+    item_components: int
+    dim: int
+    index: str
+    index_size: int
+    weight_sets: list[str]
+    relations: list[str]
+    loaded_at: float
+
+
+class ErrorResponse(BaseModel):
+    error: str

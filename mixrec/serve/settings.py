@@ -1,0 +1,42 @@
+"""Server settings (limits, binding, admin token) and the loopback check that guards the admin endpoint."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TOKEN_ENV = "MIXREC_ADMIN_TOKEN"
+
+
+class ServeSettings(BaseModel):
+    """Everything ``mixrec serve`` can be told; the defaults are the safe ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_dir: str
+    host: str = Field("127.0.0.1", description="bind address; loopback unless told otherwise")
+    port: int = Field(8000, ge=0, le=65535)
+    max_k: int = Field(1000, ge=1, description="largest k a request may ask for")
+    max_batch: int = Field(256, ge=1, description="most user ids in one POST /v1/candidates")
+    max_history: int = Field(2000, ge=1, description="most items in one fold-in history")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    admin_token: Optional[str] = Field(None, description=f"bearer token for /admin/*; default ${TOKEN_ENV}")
+    index_kind: Optional[Literal["flat", "hnsw", "ivf"]] = Field(None, description="override the model's index")
+    foldin_steps: int = Field(100, ge=1, le=5000, description="Adagrad steps per fold-in request")
+    foldin_negatives: int = Field(256, ge=1, le=100000)
+    reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
+
+    def token(self) -> str | None:
+        return self.admin_token or os.environ.get(TOKEN_ENV) or None
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and 'localhost'; anything else (0.0.0.0, names, public IPs) is not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
