@@ -2,6 +2,7 @@
 
     python bench/serve_load.py foldin-gowalla --work runs/serve           # fold-in vs trained Recall@20
     python bench/serve_load.py synthetic --work runs/serve                # 1M items, HNSW, ANN recall, in-process
+    python bench/serve_load.py inproc runs/serve/gowalla-full             # in-process latency, no HTTP
     python bench/serve_load.py load runs/serve/synthetic --duration 10    # HTTP load at concurrency 1, 8, 32
 
 Reads ../shared/data (never copies it); writes models and JSON reports under --work (runs/ is git-ignored).
@@ -120,22 +121,24 @@ def cmd_foldin_gowalla(a) -> int:
         return {"exact": exact_recall(model, vec, h, t), "retrieval": retrieval_recall(model, vec, w, h, t)}
     out["trained_full_model_hidden_users"] = trained(full, hidden, hist, truth)
     out["trained_heldout_model_other_users"] = trained(held, others, o_hist, o_truth)
-    for steps in a.steps:
+    for variant in a.variants:
+        init, steps = variant.split(":")
+        steps = int(steps)
         t1 = time.perf_counter()
         order = np.argsort([len(h) for h in hist], kind="stable")  # batch similar lengths
         vec = np.zeros((len(hidden), a.components, a.dim), np.float32)
         w = np.zeros((len(hidden), a.components), np.float32)
         for lo in range(0, len(order), 128):
             idx = order[lo:lo + 128]
-            f = fold_in_model(held, [hist[i] for i in idx], settings=FoldInSettings(steps=steps))
+            f = fold_in_model(held, [hist[i] for i in idx], settings=FoldInSettings(steps=steps, init=init))
             vec[idx], w[idx] = f.vectors, f.weights
         secs = time.perf_counter() - t1
         res = {"exact": exact_recall(held, vec, hist, truth), "retrieval": retrieval_recall(held, vec, w, hist, truth),
                "foldin_s_per_user": round(secs / len(hidden), 4)}
         base = out["trained_full_model_hidden_users"]
         res["ratio_vs_trained"] = {m: round(res[m] / base[m], 3) for m in ("exact", "retrieval")}
-        out[f"foldin_{steps}_steps_hidden_users"] = res
-        print(json.dumps({f"steps={steps}": res}), flush=True)
+        out[f"foldin_{init}_{steps}_steps_hidden_users"] = res
+        print(json.dumps({variant: res}), flush=True)
     _write(work / "foldin_gowalla.json", out)
     return 0
 
@@ -172,7 +175,7 @@ def cmd_synthetic(a) -> int:
                              train_edges={"src": src, "dst": dst, "rel": np.zeros(len(src), np.int64)})
         model.save(out_dir)
     t0 = time.perf_counter()
-    snap = Snapshot.load(out_dir)  # builds and saves the HNSW index the first time
+    snap = Snapshot.load(out_dir, ef_search=a.ef_search)  # builds and saves the HNSW index the first time
     t_load = time.perf_counter() - t0
     configure_threads()
     exact = Snapshot.load(out_dir, index_kind="flat")
@@ -183,20 +186,46 @@ def cmd_synthetic(a) -> int:
         u = users[lo:lo + 50]
         ann, ex = snap.recommend(u, k).items, exact.recommend(u, k).items
         overlap += [len(set(x) & set(y)) / k for x, y in zip(ann, ex)]
-    lat = {"recommend": [], "from_history": [], "similar": []}
-    for i, u in enumerate(users[:a.latency_users]):
+    lat = inprocess_latency(snap, users[:a.latency_users], k)
+    res = {"items": a.items, "users": a.users, "components": cs, "dim": dim, "k": k, "index": snap.index.config.model_dump(),
+           "load_s": round(t_load, 1), "ann_recall_at_100_vs_exact_round_robin": round(float(np.mean(overlap)), 4),
+           "ann_recall_min": round(float(np.min(overlap)), 3), "in_process_latency_single_thread": lat, **_env()}
+    print(json.dumps(res, indent=1))
+    _write(Path(a.work) / "synthetic.json", res)
+    return 0
+
+
+def inprocess_latency(snap, users: np.ndarray, k: int = 100) -> dict:
+    """Single-request latency of the snapshot's methods without HTTP, one thread (as the server runs them)."""
+    indptr, seen = snap.model.seen()
+    lat = {"recommend": [], "similar": [], "from_history": []}
+    for u in users:
         t = time.perf_counter()
         snap.recommend(np.array([u]), k)
         lat["recommend"].append(time.perf_counter() - t)
+        item = np.array([u % snap.n_items])
         t = time.perf_counter()
-        snap.similar(np.array([u]), 10)
+        snap.similar(item, 10)
         lat["similar"].append(time.perf_counter() - t)
-    res = {"items": a.items, "users": a.users, "components": cs, "dim": dim, "k": k, "index": snap.index.config.model_dump(),
-           "load_s": round(t_load, 1), "ann_recall_at_100_vs_exact_round_robin": round(float(np.mean(overlap)), 4),
-           "ann_recall_min": round(float(np.min(overlap)), 3), "in_process_latency_single_thread":
-           {n: _pct(v) for n, v in lat.items() if v}, **_env()}
+        hist = seen[indptr[u]:indptr[u + 1]][:50]
+        if len(hist) and len(lat["from_history"]) < 50:
+            t = time.perf_counter()
+            snap.from_history(hist, None, k)
+            lat["from_history"].append(time.perf_counter() - t)
+    return {n: _pct(v) for n, v in lat.items() if v}
+
+
+def cmd_inproc(a) -> int:
+    from mixrec.serve.server import configure_threads
+    from mixrec.serve.state import Snapshot
+    configure_threads()
+    snap = Snapshot.load(a.model, index_kind=a.index)
+    users = np.random.default_rng(0).choice(snap.n_users, min(a.users, snap.n_users), replace=False)
+    inprocess_latency(snap, users[:20], a.k)  # warm-up
+    res = {"model": str(a.model), "index": snap.index.config.kind, "k": a.k,
+           "in_process_latency_single_thread": inprocess_latency(snap, users, a.k), **_env()}
     print(json.dumps(res, indent=1))
-    _write(Path(a.work) / "synthetic.json", res)
+    _write(Path(a.out) if a.out else Path(a.model).parent / f"inproc_{Path(a.model).name}.json", res)
     return 0
 
 
@@ -224,6 +253,15 @@ class Conn:
                 length = int(line.split(b":")[1])
         await self.r.readexactly(length)
         return int(status_line.split()[1])
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 async def _run_level(port: int, make, concurrency: int, duration: float) -> dict:
@@ -273,19 +311,28 @@ def cmd_load(a) -> int:
     }
     selected = {n: f for n, f in endpoints.items() if not a.endpoints or any(e in n for e in a.endpoints)}
     port = a.port
-    cmd = [sys.executable, "-m", "mixrec.cli", "serve", str(a.model), "--port", str(port), "--max-batch", "64"]
+    cmd = [sys.executable, "-m", "mixrec.cli", "serve", str(a.model), "--port", str(port), "--max-batch", "64",
+           *a.serve_args.split()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         _wait_ready(port, proc)
-        report = {"model": str(a.model), "k": k, "duration_s": a.duration, **_env(), "results": {}}
+        report = {"model": str(a.model), "k": k, "duration_s": a.duration, "serve_args": a.serve_args, **_env(),
+              "results": {}}
         for name, make in selected.items():
             asyncio.run(_run_level(port, make, 4, min(2.0, a.duration)))  # warm-up, not reported
-            rows = [asyncio.run(_run_level(port, make, c, a.duration)) for c in a.concurrency]
+            rows = []
+            for c in a.concurrency:
+                cpu0 = _cpu_seconds(proc.pid)
+                row = asyncio.run(_run_level(port, make, c, a.duration))
+                done = max(1, round(row["rps"] * a.duration))
+                row["server_cpu_ms_per_request"] = round(1000 * (_cpu_seconds(proc.pid) - cpu0) / done, 2)
+                rows.append(row)
             report["results"][name] = rows
             for r in rows:
                 print(f"{name:36s} c={r['concurrency']:<3d} {r['rps']:8.1f} req/s  p50 {r.get('p50_ms')} "
-                      f"p95 {r.get('p95_ms')} p99 {r.get('p99_ms')} ms  errors {r['errors']}", flush=True)
+                      f"p95 {r.get('p95_ms')} p99 {r.get('p99_ms')} ms  errors {r['errors']}  "
+                      f"server CPU {r['server_cpu_ms_per_request']} ms/req", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -327,15 +374,22 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--components", type=int, default=5)
     g.add_argument("--dim", type=int, default=32)
     g.add_argument("--epochs", type=int, default=20)
-    g.add_argument("--steps", type=int, nargs="+", default=[100, 300])
+    g.add_argument("--variants", nargs="+", default=["kmeans:0", "kmeans:10", "kmeans:30", "kmeans:100",
+                                                     "random:100", "random:300"], help="INIT:STEPS fold-in settings")
     g.add_argument("--seed", type=int, default=0)
     s = sub.add_parser("synthetic")
     s.add_argument("--work", default="runs/serve")
     for name, default in (("items", 1_000_000), ("users", 20_000), ("clusters", 2000), ("components", 5),
-                          ("dim", 32), ("hnsw-m", 32), ("ef-construction", 100), ("ef-search", 256),
+                          ("dim", 64), ("hnsw-m", 32), ("ef-construction", 100), ("ef-search", 128),
                           ("eval-users", 200), ("latency-users", 200)):
         s.add_argument(f"--{name}", type=int, default=default)
     s.add_argument("--spread", type=float, default=0.6, help="noise around cluster centres (per unit norm)")
+    ip = sub.add_parser("inproc", help="in-process latency of a model directory, no HTTP")
+    ip.add_argument("model")
+    ip.add_argument("--k", type=int, default=100)
+    ip.add_argument("--users", type=int, default=300)
+    ip.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"])
+    ip.add_argument("--out", default=None)
     ld = sub.add_parser("load")
     ld.add_argument("model")
     ld.add_argument("--port", type=int, default=8765)
@@ -344,8 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ld.add_argument("--endpoints", nargs="*", default=None, help="substrings selecting endpoints")
     ld.add_argument("--out", default=None)
+    ld.add_argument("--serve-args", default="", help="extra `mixrec serve` options, e.g. '--ef-search 128'")
     a = p.parse_args(argv)
-    return {"foldin-gowalla": cmd_foldin_gowalla, "synthetic": cmd_synthetic, "load": cmd_load}[a.cmd](a)
+    return {"foldin-gowalla": cmd_foldin_gowalla, "synthetic": cmd_synthetic, "inproc": cmd_inproc,
+            "load": cmd_load}[a.cmd](a)
 
 
 if __name__ == "__main__":

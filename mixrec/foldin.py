@@ -19,10 +19,17 @@ DEFAULT_NEGATIVES = 256
 
 @dataclass
 class FoldInSettings:
-    """How a new user is fitted: ``steps`` full-history Adagrad steps against ``negatives`` uniform items each."""
+    """How a new user is fitted: ``steps`` full-history Adagrad steps against ``negatives`` uniform items each.
+
+    ``init``: ``"kmeans"`` starts the components at a spherical k-means of the history's item vectors (the
+    closed-form guess of "one component per interest", after which few steps are needed); ``"random"`` at
+    seeded random vectors of the model's ``init_scale``, as training does.
+    """
 
     steps: int = DEFAULT_STEPS
     negatives: int = DEFAULT_NEGATIVES
+    init: str = "kmeans"
+    kmeans_iters: int = 10
     lr: float | None = None  # None: the model's training learning rate
     seed: int | None = None  # None: the model's seed
 
@@ -86,6 +93,33 @@ def foldin_weights(us: torch.Tensor, items: torch.Tensor, hist: np.ndarray, edge
     return accumulate_weights(chunks, b, cs)
 
 
+def kmeans_init(points: torch.Tensor, mask: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:
+    """Spherical k-means per row: ``points`` (B, P, n) unit vectors, ``mask`` (B, P) valid; returns (B, k, n) unit.
+
+    Seeding is deterministic farthest-point (first valid point, then the point least similar to the chosen
+    ones); an emptied cluster keeps its centre. Rows with fewer distinct points than ``k`` repeat centres.
+    """
+    b, p, n = points.shape
+    neg_inf = torch.tensor(-torch.inf)
+    first = mask.float().argmax(1)  # the first valid point of each row
+    centres = [points[torch.arange(b), first]]
+    best = torch.full((b, p), -torch.inf)
+    for _ in range(1, k):
+        sim = torch.einsum("bpn,bn->bp", points, centres[-1])
+        best = torch.maximum(best, sim)
+        far = torch.where(mask, best, torch.full_like(best, torch.inf)).argmin(1)
+        centres.append(points[torch.arange(b), far])
+    c = torch.stack(centres, 1)  # (B, k, n)
+    for _ in range(iters):
+        sim = torch.einsum("bpn,bkn->bpk", points, c)
+        assign = torch.where(mask.unsqueeze(-1), sim, neg_inf).argmax(-1)  # (B, P)
+        onehot = torch.nn.functional.one_hot(assign, k).to(points.dtype) * mask.unsqueeze(-1)
+        sums = torch.einsum("bpk,bpn->bkn", onehot, points)
+        empty = sums.norm(dim=-1, keepdim=True) < 1e-12
+        c = torch.where(empty, c, normalize(sums))
+    return c
+
+
 def fold_in(items: torch.Tensor, histories: Sequence[np.ndarray], cfg: Config, components: int, *,
             edge_weights: Sequence[np.ndarray] | None = None, weight_edges: Sequence[np.ndarray] | None = None,
             weight_gamma: float = 0.1, weight_form: str = "sum", uniform_weights: bool = False,
@@ -112,7 +146,15 @@ def fold_in(items: torch.Tensor, histories: Sequence[np.ndarray], cfg: Config, c
     b = len(histories)
     g = torch.Generator().manual_seed(int(seed))
     start = torch.randn(components, dim, generator=g) * cfg.init_scale
-    u = start.unsqueeze(0).repeat(b, 1, 1)
+    if s.init == "kmeans":  # one component per cluster of the history's item components, at the init scale
+        cd = items.shape[1]
+        points = items[hist].reshape(b, -1, dim)
+        valid = (edge_w > 0).repeat_interleave(cd, dim=1)
+        u = kmeans_init(points, valid, components, s.kmeans_iters) * start.norm(dim=-1).mean()
+    elif s.init == "random":
+        u = start.unsqueeze(0).repeat(b, 1, 1)
+    else:
+        raise ValueError(f"unknown fold-in init {s.init!r}; use 'kmeans' or 'random'")
     state = torch.zeros(b)
     rows = torch.arange(b)
     m = min(s.negatives, n_items)

@@ -6,8 +6,8 @@ import torch
 
 from mixrec.cli import main
 from mixrec.config import Config
-from mixrec.foldin import (FoldInSettings, fold_in, fold_in_model, foldin_loss, foldin_weights, pad_histories,
-                           read_histories)
+from mixrec.foldin import (FoldInSettings, fold_in, fold_in_model, foldin_loss, foldin_weights, kmeans_init,
+                           pad_histories, read_histories)
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 from mixrec.retrieve import Retriever
 from mixrec.train import train
@@ -70,11 +70,12 @@ def test_fold_in_is_deterministic_and_independent_of_batch_mates(model):
     np.testing.assert_allclose(batch.weights.sum(1), 1, atol=1e-5)
 
 
-def test_folded_users_land_near_their_trained_selves(model):
+@pytest.mark.parametrize("init,steps", [("random", 100), ("kmeans", 100), ("kmeans", 20)])
+def test_folded_users_land_near_their_trained_selves(model, init, steps):
     """Folded in from its own training items, a user scores items like its trained self and shares candidates."""
     users = np.arange(40)
     hist, rels = _histories(model, users)
-    f = fold_in_model(model, hist, rels, settings=FoldInSettings(steps=100))
+    f = fold_in_model(model, hist, rels, settings=FoldInSettings(steps=steps, init=init))
     cfg = model.config
 
     def scores(u):
@@ -132,3 +133,52 @@ def test_cli_retrieve_history(model, tmp_path, capsys):
     f.write_text("user,item\nx,not-an-item\n")
     assert main(["retrieve", str(model.path), "--history", str(f), "--out", str(out)]) == 2
     assert "unknown item id" in capsys.readouterr().err
+
+
+def naive_kmeans(points, mask, k, iters):
+    out = []
+    for x, m in zip(points.numpy().astype(np.float64), mask.numpy()):
+        idx = list(np.flatnonzero(m))
+        centres = [x[idx[0]]]
+        best = np.full(len(x), -np.inf)
+        for _ in range(1, k):
+            best = np.maximum(best, x @ centres[-1])
+            cand = np.where(m, best, np.inf)
+            centres.append(x[int(np.argmin(cand))])
+        c = np.array(centres)
+        for _ in range(iters):
+            assign = [int(np.argmax(c @ x[i])) for i in idx]
+            for j in range(k):
+                members = [x[i] for i, a in zip(idx, assign) if a == j]
+                if members:
+                    v = np.sum(members, 0)
+                    c[j] = v / np.linalg.norm(v)
+        out.append(c)
+    return np.array(out)
+
+
+def test_kmeans_init_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(3)
+    points = normalize(torch.randn(4, 15, 6, generator=g))
+    mask = torch.ones(4, 15, dtype=torch.bool)
+    mask[1, 9:] = False
+    mask[2, 2:] = False  # two points for three centres: centres repeat
+    got = kmeans_init(points, mask, 3, iters=5).numpy()
+    np.testing.assert_allclose(got, naive_kmeans(points, mask, 3, 5), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=-1), 1, atol=1e-5)
+
+
+def test_kmeans_init_recovers_planted_interests():
+    """Three tight clusters in the history: each centre lands on one cluster's direction."""
+    g = torch.Generator().manual_seed(0)
+    axes = torch.eye(8)[:3]
+    points = normalize(axes.repeat_interleave(10, 0) + 0.05 * torch.randn(30, 8, generator=g)).unsqueeze(0)
+    c = kmeans_init(points, torch.ones(1, 30, dtype=torch.bool), 3)[0]
+    cos = (c @ axes.T).numpy()
+    assert sorted(cos.argmax(1).tolist()) == [0, 1, 2] and cos.max(1).min() > 0.98
+
+
+def test_fold_in_rejects_unknown_init(model):
+    hist, rels = _histories(model, [1])
+    with pytest.raises(ValueError, match="fold-in init"):
+        fold_in_model(model, hist, rels, settings=FoldInSettings(steps=1, init="nope"))

@@ -242,3 +242,36 @@ def test_serve_cli_rejects_bad_limits(models, capsys):
     from mixrec.cli import main
     assert main(["serve", str(models[0].path), "--max-k", "0"]) == 2
     assert "max_k" in capsys.readouterr().err
+
+
+def test_saved_index_is_reused_across_search_parameters_but_rebuilt_for_build_ones(models, tmp_path):
+    from mixrec.config import IndexConfig
+    from mixrec.index import ComponentIndex
+    from mixrec.model import MixtureModel
+    from mixrec.retrieve import load_or_build_index
+    shutil.copytree(models[0].path, tmp_path / "m")
+    model = MixtureModel.load(tmp_path / "m")
+    first = load_or_build_index(model, model.target_type, IndexConfig(kind="hnsw", ef_search=64))
+    path = tmp_path / "m" / "index" / f"{model.target_type}.hnsw.faiss"
+    stamp = path.stat().st_mtime_ns
+    snap = Snapshot.load(tmp_path / "m", index_kind="hnsw", ef_search=16)
+    assert path.stat().st_mtime_ns == stamp  # loaded, not rebuilt
+    assert snap.index.config.ef_search == 16 and snap.index.size == first.size
+    load_or_build_index(model, model.target_type, IndexConfig(kind="hnsw", hnsw_m=8))
+    assert path.stat().st_mtime_ns != stamp  # a different graph degree needs a new index
+    assert ComponentIndex.load(path).config.hnsw_m == 8
+
+
+def test_responses_conform_to_the_published_schemas(client, models):
+    """The hot endpoints serialise by hand; their bodies must still validate against the OpenAPI models."""
+    from mixrec.serve.schemas import BatchResponse, CandidatesResponse, HistoryResponse
+    a = models[0]
+    users, items = ids(a, "user"), ids(a, "item")
+    r = client.get(f"/v1/users/{users[0]}/candidates", params={"k": 7})
+    one = CandidatesResponse.model_validate(r.json())
+    assert [c.rank for c in one.items] == list(range(1, 8)) and one.user == users[0]
+    assert all(isinstance(c.component, int) and 0 <= c.component < 3 for c in one.items)
+    BatchResponse.model_validate(client.post("/v1/candidates", json={"users": users[:3], "k": 4}).json())
+    h = HistoryResponse.model_validate(client.post("/v1/candidates/from-history", json={"items": items[:5], "k": 4}).json())
+    assert len(h.mixture_weights) == 3 and abs(sum(h.mixture_weights) - 1) < 1e-5
+    CandidatesResponse.model_validate(client.get(f"/v1/items/{items[0]}/similar", params={"k": 3}).json())

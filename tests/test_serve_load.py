@@ -91,3 +91,51 @@ def test_load_with_hot_reloads_has_zero_errors(server):
     with httpx.Client(base_url=url) as c:
         text = c.get("/metrics").text
     assert 'status="500"' not in text and 'outcome="ok"' in text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_workers_share_one_port_and_follow_a_reload(server):
+    """`mixrec serve --workers 2`: two processes answer on one port; a reload through either reaches both."""
+    import subprocess
+    import sys
+    from mixrec.serve.state import model_version
+    _, a, b = server
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mixrec.cli", "serve", str(a.path), "--port", str(port),
+                             "--workers", "2"], stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.2)
+        user = a.ids["user"].tolist()[0]
+
+        def versions(n: int = 40) -> set[str]:  # fresh connections spread over both workers
+            return {httpx.get(f"{url}/v1/users/{user}/candidates", params={"k": 5}).json()["model"]
+                    for _ in range(n)}
+        deadline = time.monotonic() + 120  # the second worker binds the port once its model is loaded
+        while len({httpx.get(f"{url}/v1/model").json()["pid"] for _ in range(20)}) < 2:
+            assert time.monotonic() < deadline, "only one worker answers"
+            time.sleep(0.5)
+        assert versions() == {model_version(a.path)}
+        r = httpx.post(f"{url}/admin/reload", json={"model_dir": str(b.path)}, timeout=60)
+        assert r.status_code == 200 and r.json()["model"] == model_version(b.path)
+        deadline = time.monotonic() + 30
+        while (seen := versions()) != {model_version(b.path)}:
+            assert time.monotonic() < deadline, f"workers still serve {seen}"
+            time.sleep(0.3)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -4,7 +4,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -13,15 +15,15 @@ from pathlib import Path
 import numpy as np
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mixrec.foldin import FoldInSettings
 from mixrec.retrieve import Candidates
 from mixrec.serve.metrics import CONTENT_TYPE, Metrics
 from mixrec.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
-from mixrec.serve.schemas import (BatchRequest, BatchResponse, Candidate, CandidatesResponse, ErrorResponse,
-                                  HistoryRequest, HistoryResponse, ModelInfo, ReloadRequest, UserCandidates)
+from mixrec.serve.schemas import (BatchRequest, BatchResponse, CandidatesResponse, ErrorResponse, HistoryRequest,
+                                  HistoryResponse, ModelInfo, ReloadRequest)
 from mixrec.serve.settings import ServeSettings, is_loopback
 from mixrec.serve.state import Snapshot
 
@@ -40,18 +42,22 @@ class ApiError(Exception):
 class ModelHolder:
     """The current snapshot; a reload builds the new one aside and swaps the reference in one assignment."""
 
-    def __init__(self, settings: ServeSettings, snapshot: Snapshot | None = None):
-        self.settings = settings
+    def __init__(self, settings: ServeSettings, snapshot: Snapshot | None = None, broadcast=None):
+        self.settings, self.broadcast = settings, broadcast
         self.current: Snapshot | None = snapshot
         self.loaded_at = time.time()
         self._lock = threading.Lock()
 
     def load(self, path: str | Path) -> Snapshot:
         s = self.settings
-        return Snapshot.load(path, s.index_kind, FoldInSettings(steps=s.foldin_steps, negatives=s.foldin_negatives))
+        return Snapshot.load(path, s.index_kind, FoldInSettings(steps=s.foldin_steps, negatives=s.foldin_negatives),
+                             ef_search=s.ef_search, nprobe=s.nprobe)
 
-    def reload(self, path: str | Path | None = None) -> Snapshot:
-        """Load ``path`` (default: the current directory) and make it current; the old one serves until then."""
+    def reload(self, path: str | Path | None = None, publish: bool = True) -> Snapshot:
+        """Load ``path`` (default: the current directory) and make it current; the old one serves until then.
+
+        With several worker processes the new directory is then published so the other workers follow.
+        """
         if not self._lock.acquire(blocking=False):
             raise ApiError(409, "a reload is already running; retry when it has finished")
         try:
@@ -59,14 +65,19 @@ class ModelHolder:
             snap = self.load(target)
             self.current, self.loaded_at = snap, time.time()  # atomic reference swap
             log.info("serving model %s from %s", snap.version, snap.path)
+            if publish and self.broadcast is not None:
+                self.broadcast.publish(snap.path)
             return snap
         finally:
             self._lock.release()
 
 
-def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> FastAPI:
-    """Build the app and load the model now (pass ``snapshot`` to reuse one already loaded)."""
-    holder = ModelHolder(settings, snapshot)
+def create_app(settings: ServeSettings, snapshot: Snapshot | None = None, broadcast=None) -> FastAPI:
+    """Build the app and load the model now (pass ``snapshot`` to reuse one already loaded).
+
+    ``broadcast`` (a :class:`mixrec.serve.server.ReloadBroadcast`) keeps several worker processes on one model.
+    """
+    holder = ModelHolder(settings, snapshot, broadcast)
     if holder.current is None:
         holder.current = holder.load(settings.model_dir)
     metrics = Metrics()
@@ -76,7 +87,11 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
         if settings.reload_signal and threading.current_thread() is threading.main_thread():
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError, AttributeError):
                 asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, _reload_in_thread, holder, metrics)
+        stop = threading.Event()
+        if broadcast is not None:
+            broadcast.watch(holder, metrics, stop)
         yield
+        stop.set()
 
     app = FastAPI(title="mixrec", version="1", lifespan=lifespan,
                   description="Mixture-embedding candidate retrieval (Brinkman et al. 2020): round-robin KNN "
@@ -102,15 +117,15 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
     @app.get("/v1/users/{user_id}/candidates", response_model=CandidatesResponse, responses=ERRORS,
              tags=["candidates"])
     def user_candidates(user_id: str, k: int = K, weights: str = "all", exclude_seen: bool = True,
-                        s: Snapshot = Depends(snap)) -> CandidatesResponse:
+                        s: Snapshot = Depends(snap)) -> Response:
         """Top-k round-robin candidates for one known user (training items excluded by default)."""
         users = _lookup(s.users.find([user_id]), [user_id], "user")
         cands = _run(s.recommend, users, k, weights, exclude_seen)
-        return CandidatesResponse(model=s.version, weights=weights, k=k, user=_raw(s, "source", users[0]),
-                                  items=_items(s, cands, 0))
+        return _json({"user": _raw(s, "source", users[0]), "items": _items(s, cands, 0), "model": s.version,
+                      "weights": weights, "k": k})
 
     @app.post("/v1/candidates", response_model=BatchResponse, responses=ERRORS, tags=["candidates"])
-    def batch_candidates(body: BatchRequest, s: Snapshot = Depends(snap)) -> BatchResponse:
+    def batch_candidates(body: BatchRequest, s: Snapshot = Depends(snap)) -> Response:
         """Top-k candidates for a batch of known users, in the order given."""
         k = _check_k(body.k, settings)
         if len(body.users) > settings.max_batch:
@@ -118,12 +133,12 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
                                 "the batch")
         users = _lookup(s.users.find(body.users), body.users, "user")
         cands = _run(s.recommend, users, k, body.weights, body.exclude_seen)
-        results = [UserCandidates(user=_raw(s, "source", u), items=_items(s, cands, i)) for i, u in enumerate(users)]
-        return BatchResponse(model=s.version, weights=body.weights, k=k, results=results)
+        results = [{"user": _raw(s, "source", u), "items": _items(s, cands, i)} for i, u in enumerate(users)]
+        return _json({"model": s.version, "weights": body.weights, "k": k, "results": results})
 
     @app.post("/v1/candidates/from-history", response_model=HistoryResponse, responses=ERRORS,
               tags=["candidates"])
-    def history_candidates(body: HistoryRequest, s: Snapshot = Depends(snap)) -> HistoryResponse:
+    def history_candidates(body: HistoryRequest, s: Snapshot = Depends(snap)) -> Response:
         """Candidates for a user the model never saw: fold it in from its item history, then retrieve."""
         k = _check_k(body.k, settings)
         if len(body.items) > settings.max_history:
@@ -147,16 +162,16 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
                 raise ApiError(422, f"unknown relation(s) {bad}; this model has {names}")
             rel = np.array([names.index(r) for r in body.relations], np.int64)[keep]
         cands, w = _run(s.from_history, idx[keep], rel, k, body.weights, body.exclude_seen)
-        return HistoryResponse(model=s.version, weights=body.weights, k=k, items=_items(s, cands, 0),
-                               mixture_weights=[float(x) for x in w], unknown_items=unknown)
+        return _json({"user": None, "items": _items(s, cands, 0), "model": s.version, "weights": body.weights, "k": k,
+                      "mixture_weights": [float(x) for x in w], "unknown_items": unknown})
 
     @app.get("/v1/items/{item_id}/similar", response_model=CandidatesResponse, responses=ERRORS, tags=["items"])
     def similar_items(item_id: str, k: int = Query(min(10, settings.max_k), ge=1, le=settings.max_k), weights: str = "all",
-                      s: Snapshot = Depends(snap)) -> CandidatesResponse:
+                      s: Snapshot = Depends(snap)) -> Response:
         """Item-to-item neighbours from the learned item components (the item itself excluded)."""
         items = _lookup(s.items.find([item_id]), [item_id], "item")
         cands = _run(s.similar, items, k, weights)
-        return CandidatesResponse(model=s.version, weights=weights, k=k, items=_items(s, cands, 0))
+        return _json({"user": None, "items": _items(s, cands, 0), "model": s.version, "weights": weights, "k": k})
 
     @app.get("/v1/model", response_model=ModelInfo, tags=["operations"])
     def model_info(s: Snapshot = Depends(snap)) -> ModelInfo:
@@ -166,7 +181,7 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
                          user_components=m.components(m.source_type), item_components=m.components(m.target_type),
                          dim=m.config.dim, index=s.index.config.kind, index_size=s.index.size,
                          weight_sets=s.weight_sets, relations=[r.name for r in m.relations],
-                         loaded_at=holder.loaded_at)
+                         loaded_at=holder.loaded_at, pid=os.getpid())
 
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict:
@@ -203,6 +218,8 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None) -> Fas
         metrics.event("reload", "ok")
         return model_info(holder.current)
 
+    from mixrec.funnel.service import install_query_route  # POST /v1/query (the candidate funnel)
+    install_query_route(app, holder, settings)
     return app
 
 
@@ -258,11 +275,19 @@ def _raw(s: Snapshot, side: str, i: int):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _items(s: Snapshot, c: Candidates, row: int) -> list[Candidate]:
+def _items(s: Snapshot, c: Candidates, row: int) -> list[dict]:
+    """One row of candidates as JSON-ready dicts (the :class:`Candidate` schema), built from numpy in bulk."""
     keep = c.items[row] >= 0
     raw = s.model.ids[s.model.target_type][c.items[row][keep]].tolist()
-    return [Candidate(item=i, score=float(sc), rank=r + 1, component=int(cp))
-            for r, (i, sc, cp) in enumerate(zip(raw, c.scores[row][keep], c.components[row][keep]))]
+    scores = c.scores[row][keep].astype(np.float64).tolist()
+    comps = c.components[row][keep].tolist()
+    return [{"item": i, "score": sc, "rank": r, "component": cp}
+            for r, i, sc, cp in zip(range(1, len(raw) + 1), raw, scores, comps)]
+
+
+def _json(body: dict) -> Response:
+    """Serialise a response body directly: the hot endpoints skip pydantic re-validation (the schema is the same)."""
+    return Response(json.dumps(body, separators=(",", ":")).encode(), media_type="application/json")
 
 
 def _install_error_handlers(app: FastAPI) -> None:

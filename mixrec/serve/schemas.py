@@ -77,6 +77,7 @@ class ModelInfo(BaseModel):
     weight_sets: list[str]
     relations: list[str]
     loaded_at: float
+    pid: int = Field(description="the server process that answered (one of several with --workers)")
 
 
 class ErrorResponse(BaseModel):

@@ -24,8 +24,11 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     admin_token: Optional[str] = Field(None, description=f"bearer token for /admin/*; default ${TOKEN_ENV}")
     index_kind: Optional[Literal["flat", "hnsw", "ivf"]] = Field(None, description="override the model's index")
+    ef_search: Optional[int] = Field(None, ge=1, le=100000, description="HNSW efSearch (default: the model's)")
+    nprobe: Optional[int] = Field(None, ge=1, le=100000, description="IVF lists probed (default: the model's)")
     foldin_steps: int = Field(100, ge=1, le=5000, description="Adagrad steps per fold-in request")
     foldin_negatives: int = Field(256, ge=1, le=100000)
+    workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
 
     def token(self) -> str | None:

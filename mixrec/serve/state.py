@@ -69,15 +69,22 @@ class Snapshot:
     items: IdLookup
     weight_sets: list[str]
     foldin: FoldInSettings
+    set_weights: dict[str, tuple[np.ndarray, np.ndarray]]  # set -> (w_source, w_target), materialised once
 
     # ----------------------------------------------------------------- loading
     @classmethod
-    def load(cls, path: str | Path, index_kind: str | None = None, foldin: FoldInSettings | None = None) -> "Snapshot":
-        """Load and verify a model directory and its index (built, and saved when possible, if missing)."""
+    def load(cls, path: str | Path, index_kind: str | None = None, foldin: FoldInSettings | None = None,
+             ef_search: int | None = None, nprobe: int | None = None) -> "Snapshot":
+        """Load and verify a model directory and its index (built, and saved when possible, if missing).
+
+        ``index_kind`` overrides the model's index kind; ``ef_search`` / ``nprobe`` its search-time
+        parameters (HNSW / IVF), which never force a rebuild of a saved index.
+        """
         path = Path(path).resolve()
         model = MixtureModel.load(path)  # verifies the checksum manifest; no pickle anywhere
         version = model_version(path)
-        cfg = model.config.index if index_kind is None else model.config.index.model_copy(update={"kind": index_kind})
+        update = {k: v for k, v in (("kind", index_kind), ("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
+        cfg = model.config.index.model_copy(update=update)
         try:
             index = load_or_build_index(model, model.target_type, cfg)
         except OSError as e:  # read-only model directory: serve from an in-memory index
@@ -89,14 +96,15 @@ class Snapshot:
                              "delete the model's index/ folder so it is rebuilt")
         target = model.vectors(model.target_type)
         sets = sorted(model.weights) or ["all"]
-        for s in sets:  # compute (or check) every weight set up front, not on the first request
-            model.mixture_weights(model.source_type, s)
-            model.mixture_weights(model.target_type, s)
+        # every weight set (uniform ones too) and the seen-items CSR up front, not per request
+        set_weights = {s: (model.mixture_weights(model.source_type, s), model.mixture_weights(model.target_type, s))
+                       for s in sets}
         model.seen()
         return cls(model=model, path=path, version=version, index=index,
                    source_vectors=model.vectors(model.source_type).numpy(), target_vectors=target.numpy(),
                    target_tensor=target, users=IdLookup(model.ids[model.source_type]),
-                   items=IdLookup(model.ids[model.target_type]), weight_sets=sets, foldin=foldin or FoldInSettings())
+                   items=IdLookup(model.ids[model.target_type]), weight_sets=sets, foldin=foldin or FoldInSettings(),
+                   set_weights=set_weights)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -109,10 +117,9 @@ class Snapshot:
 
     def weights(self, weight_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(w_source, w_target) of a weight set; KeyError names the available sets."""
-        if weight_set not in self.weight_sets:
+        if weight_set not in self.set_weights:
             raise KeyError(f"unknown weight set {weight_set!r}; this model has {self.weight_sets}")
-        m = self.model
-        return m.mixture_weights(m.source_type, weight_set), m.mixture_weights(m.target_type, weight_set)
+        return self.set_weights[weight_set]
 
     def search(self, queries: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
                exclude: tuple[np.ndarray, np.ndarray] | None, extra: int) -> Candidates:
