@@ -256,17 +256,36 @@ class Conn:
 
 
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc; 0 elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
+    """User + system CPU time so far of a process and its direct children (the workers; Linux /proc)."""
+    def one(stat: Path) -> tuple[int, float]:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid, cpu = one(stat)
+        except (OSError, IndexError, ValueError):
+            continue
+        if stat.parent.name == str(pid) or ppid == pid:
+            total += cpu
+    return total
 
 
-async def _run_level(port: int, make, concurrency: int, duration: float) -> dict:
-    lat, errors = [], 0
+async def _run_level(port: int, make, concurrency: int, duration: float, reload_every: float = 0.0,
+                     reload_dirs: tuple[str, ...] = ()) -> dict:
+    """Closed-loop load: ``concurrency`` keep-alive connections for ``duration`` seconds; optionally
+    ``POST /admin/reload`` every ``reload_every`` seconds, cycling through ``reload_dirs``."""
+    lat, errors, reloads = [], 0, []
     end = time.perf_counter() + duration
+
+    async def reloader():
+        conn, n = await Conn.open(port), 0
+        while time.perf_counter() + reload_every < end:
+            await asyncio.sleep(reload_every)
+            body = json.dumps({"model_dir": reload_dirs[n % len(reload_dirs)]}).encode()
+            reloads.append(await conn.request("POST", "/admin/reload", body))
+            n += 1
+        conn.w.close()
 
     async def worker(w: int):
         nonlocal errors
@@ -286,9 +305,14 @@ async def _run_level(port: int, make, concurrency: int, duration: float) -> dict
             i += 1
         conn.w.close()
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(w) for w in range(concurrency)))
+    extra = [reloader()] if reload_every > 0 and reload_dirs else []
+    await asyncio.gather(*(worker(w) for w in range(concurrency)), *extra)
     wall = time.perf_counter() - t0
-    return {"concurrency": concurrency, "rps": round(len(lat) / wall, 1), "errors": errors, **_pct(lat)}
+    out = {"concurrency": concurrency, "rps": round(len(lat) / wall, 1), "errors": errors, **_pct(lat)}
+    if extra:
+        out["reloads"] = len(reloads)
+        out["reload_failures"] = sum(r != 200 for r in reloads)
+    return out
 
 
 def cmd_load(a) -> int:
@@ -316,7 +340,7 @@ def cmd_load(a) -> int:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        _wait_ready(port, proc)
+        _wait_ready(port, proc, workers=_workers(a.serve_args))
         report = {"model": str(a.model), "k": k, "duration_s": a.duration, "serve_args": a.serve_args, **_env(),
               "results": {}}
         for name, make in selected.items():
@@ -333,6 +357,13 @@ def cmd_load(a) -> int:
                 print(f"{name:36s} c={r['concurrency']:<3d} {r['rps']:8.1f} req/s  p50 {r.get('p50_ms')} "
                       f"p95 {r.get('p95_ms')} p99 {r.get('p99_ms')} ms  errors {r['errors']}  "
                       f"server CPU {r['server_cpu_ms_per_request']} ms/req", flush=True)
+        if a.reload_every > 0:  # hot reload under load: the model swapped back and forth while requests run
+            name = next(iter(selected))
+            dirs = (str(Path(a.reload_to or a.model).resolve()), str(Path(a.model).resolve()))
+            r = asyncio.run(_run_level(port, selected[name], 8, a.reload_duration, a.reload_every, dirs))
+            report["reload_under_load"] = {"endpoint": name, **r}
+            print(f"reload under load ({name}, c=8): {r['reloads']} reloads ({r['reload_failures']} failed), "
+                  f"{r['errors']} failed requests, p99 {r.get('p99_ms')} ms", flush=True)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -340,8 +371,44 @@ def cmd_load(a) -> int:
     return 0
 
 
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 900) -> None:
+def _workers(serve_args: str) -> int:
+    parts = serve_args.split()
+    return int(parts[parts.index("--workers") + 1]) if "--workers" in parts else 1
+
+
+def cmd_table(a) -> int:
+    """Markdown tables from load reports (one row per endpoint and concurrency)."""
+    for path in a.reports:
+        r = json.loads(Path(path).read_text())
+        print(f"\n`{r['model']}` {r.get('serve_args') or ''} (k={r['k']}, {r['duration_s']} s per row)\n")
+        print("| endpoint | concurrency | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/req |")
+        print("|---|---|---|---|---|---|---|---|")
+        for name, rows in r["results"].items():
+            for x in rows:
+                print(f"| {name} | {x['concurrency']} | {x['rps']} | {x.get('p50_ms')} | {x.get('p95_ms')} | "
+                      f"{x.get('p99_ms')} | {x['errors']} | {x.get('server_cpu_ms_per_request')} |")
+        if "reload_under_load" in r:
+            x = r["reload_under_load"]
+            print(f"| hot reload under load: {x['endpoint']} | {x['concurrency']} | {x['rps']} | {x.get('p50_ms')} | "
+                  f"{x.get('p95_ms')} | {x.get('p99_ms')} | {x['errors']} ({x['reloads']} reloads, "
+                  f"{x['reload_failures']} failed) | |")
+    return 0
+
+
+def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 900, workers: int = 1) -> None:
+    """Wait until the server answers /readyz and, with several workers, until every one of them answers."""
     end = time.time() + timeout
+
+    async def pids() -> set:
+        seen = set()
+        for _ in range(8 * workers):
+            c = await Conn.open(port)
+            c.w.write(b"GET /v1/model HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            await c.w.drain()
+            body = await c.r.read()
+            c.w.close()
+            seen.add(json.loads(body.split(b"\r\n\r\n", 1)[1])["pid"])
+        return seen
     while time.time() < end:
         if proc.poll() is not None:
             raise SystemExit(f"server exited: {proc.stderr.read().decode()[-2000:]}")
@@ -351,7 +418,7 @@ def _wait_ready(port: int, proc: subprocess.Popen, timeout: float = 900) -> None
                 s = await c.request("GET", "/readyz")
                 c.w.close()
                 return s
-            if asyncio.run(probe()) == 200:
+            if asyncio.run(probe()) == 200 and (workers == 1 or len(asyncio.run(pids())) >= workers):
                 return
         except OSError:
             pass
@@ -398,10 +465,15 @@ def main(argv: list[str] | None = None) -> int:
     ld.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     ld.add_argument("--endpoints", nargs="*", default=None, help="substrings selecting endpoints")
     ld.add_argument("--out", default=None)
+    ld.add_argument("--reload-every", type=float, default=0.0, help="also run a hot-reload-under-load phase")
+    ld.add_argument("--reload-to", default=None, help="second model directory to swap to (default: the same)")
+    ld.add_argument("--reload-duration", type=float, default=20.0)
     ld.add_argument("--serve-args", default="", help="extra `mixrec serve` options, e.g. '--ef-search 128'")
+    tb = sub.add_parser("table", help="markdown tables from load reports")
+    tb.add_argument("reports", nargs="+")
     a = p.parse_args(argv)
     return {"foldin-gowalla": cmd_foldin_gowalla, "synthetic": cmd_synthetic, "inproc": cmd_inproc,
-            "load": cmd_load}[a.cmd](a)
+            "load": cmd_load, "table": cmd_table}[a.cmd](a)
 
 
 if __name__ == "__main__":

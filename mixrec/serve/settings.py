@@ -28,6 +28,8 @@ class ServeSettings(BaseModel):
     nprobe: Optional[int] = Field(None, ge=1, le=100000, description="IVF lists probed (default: the model's)")
     foldin_steps: int = Field(100, ge=1, le=5000, description="Adagrad steps per fold-in request")
     foldin_negatives: int = Field(256, ge=1, le=100000)
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="requests computed at once per worker "
+                                   "(default: the number of CPUs)")
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
 
