@@ -150,6 +150,7 @@ def cmd_synthetic(a) -> int:
     from mixrec.config import Config
     from mixrec.data.dataset import Relation
     from mixrec.model import MixtureModel
+    from mixrec.foldin import FoldInSettings
     from mixrec.serve.server import configure_threads
     from mixrec.serve.state import Snapshot
     out_dir = Path(a.work) / "synthetic"
@@ -186,6 +187,7 @@ def cmd_synthetic(a) -> int:
         u = users[lo:lo + 50]
         ann, ex = snap.recommend(u, k).items, exact.recommend(u, k).items
         overlap += [len(set(x) & set(y)) / k for x, y in zip(ann, ex)]
+    snap.foldin = FoldInSettings(steps=30)  # as `mixrec serve` runs it by default
     lat = inprocess_latency(snap, users[:a.latency_users], k)
     res = {"items": a.items, "users": a.users, "components": cs, "dim": dim, "k": k, "index": snap.index.config.model_dump(),
            "load_s": round(t_load, 1), "ann_recall_at_100_vs_exact_round_robin": round(float(np.mean(overlap)), 4),
@@ -219,7 +221,9 @@ def cmd_inproc(a) -> int:
     from mixrec.serve.server import configure_threads
     from mixrec.serve.state import Snapshot
     configure_threads()
-    snap = Snapshot.load(a.model, index_kind=a.index)
+    from mixrec.foldin import FoldInSettings
+    snap = Snapshot.load(a.model, index_kind=a.index, ef_search=a.ef_search,
+                         foldin=FoldInSettings(steps=a.foldin_steps))
     users = np.random.default_rng(0).choice(snap.n_users, min(a.users, snap.n_users), replace=False)
     inprocess_latency(snap, users[:20], a.k)  # warm-up
     res = {"model": str(a.model), "index": snap.index.config.kind, "k": a.k,
@@ -456,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     ip.add_argument("--k", type=int, default=100)
     ip.add_argument("--users", type=int, default=300)
     ip.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"])
+    ip.add_argument("--ef-search", type=int, default=None)
+    ip.add_argument("--foldin-steps", type=int, default=30, help="as `mixrec serve --foldin-steps`")
     ip.add_argument("--out", default=None)
     ld = sub.add_parser("load")
     ld.add_argument("model")

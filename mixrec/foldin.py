@@ -13,7 +13,7 @@ from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, margin_loss, normalize,
 from mixrec.train.step import rowwise_adagrad_
 from mixrec.weights import accumulate_weights, component_logits
 
-DEFAULT_STEPS = 300
+DEFAULT_STEPS = 100
 DEFAULT_NEGATIVES = 256
 
 

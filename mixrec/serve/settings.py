@@ -26,7 +26,7 @@ class ServeSettings(BaseModel):
     index_kind: Optional[Literal["flat", "hnsw", "ivf"]] = Field(None, description="override the model's index")
     ef_search: Optional[int] = Field(None, ge=1, le=100000, description="HNSW efSearch (default: the model's)")
     nprobe: Optional[int] = Field(None, ge=1, le=100000, description="IVF lists probed (default: the model's)")
-    foldin_steps: int = Field(100, ge=1, le=5000, description="Adagrad steps per fold-in request")
+    foldin_steps: int = Field(30, ge=0, le=5000, description="Adagrad steps per fold-in request (after the k-means start)")
     foldin_negatives: int = Field(256, ge=1, le=100000)
     threads: Optional[int] = Field(None, ge=1, le=1024, description="requests computed at once per worker "
                                    "(default: the number of CPUs)")
