@@ -222,7 +222,9 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None, broadc
         metrics.event("reload", "ok")
         return model_info(holder.current)
 
+    from mixrec.funnel.rank import FunnelRanker
     from mixrec.funnel.service import install_query_route  # POST /v1/query (the candidate funnel)
+    app.state.funnel_rankers = {name: FunnelRanker.load(d) for name, d in settings.rankers.items()}
     install_query_route(app, holder, settings)
     return app
 

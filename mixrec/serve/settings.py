@@ -30,6 +30,8 @@ class ServeSettings(BaseModel):
     foldin_negatives: int = Field(256, ge=1, le=100000)
     threads: Optional[int] = Field(None, ge=1, le=1024, description="requests computed at once per worker "
                                    "(default: the number of CPUs)")
+    rankers: dict[str, str] = Field(default_factory=dict, description="funnel rankers for POST /v1/query: "
+                                    "name -> directory written by FunnelRanker.save")
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
 

@@ -1,0 +1,319 @@
+"""Running queries: the :class:`Funnel` holds a model, its index, the interaction history, item labels
+and rankers; :meth:`Funnel.run` executes a :class:`~mixrec.funnel.query.Query` for one user and
+records, per step, what it kept and dropped (:meth:`FunnelResult.explain`).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from mixrec.evaluate.exact import csr_rows
+from mixrec.evaluate.labels import ItemLabels
+from mixrec.evaluate.metrics import csr_from_pairs
+from mixrec.funnel import diversify as div
+from mixrec.funnel.features import FeatureTables
+from mixrec.funnel.query import Query, QueryError, Step
+from mixrec.funnel.rank import FunnelRanker
+from mixrec.funnel.sources import (CandidateSet, blend, expand_neighbours, from_candidates, history_csr,
+                                   history_source, popular_source)
+from mixrec.funnel.walk import BipartiteGraph, walk_expand
+from mixrec.index import ComponentIndex
+from mixrec.retrieve import Candidates, load_or_build_index, round_robin_merge
+
+
+@dataclass
+class StepTrace:
+    """What one step did: sizes in and out, the items it kept and dropped, and its time."""
+
+    step: str
+    depth: int
+    n_in: int
+    n_out: int
+    kept: np.ndarray
+    dropped: np.ndarray
+    seconds: float
+
+    def to_dict(self, item_ids: np.ndarray, limit: int = 50) -> dict:
+        raw = lambda a: [v.item() if isinstance(v, np.generic) else v for v in item_ids[a[:limit]]]  # noqa: E731
+        return {"step": self.step, "depth": self.depth, "in": self.n_in, "out": self.n_out,
+                "kept": raw(self.kept), "dropped": raw(self.dropped), "dropped_count": int(len(self.dropped)),
+                "ms": round(self.seconds * 1e3, 3)}
+
+
+@dataclass
+class FunnelResult:
+    """A user's final candidates (best first) and the trace of every step."""
+
+    user: int
+    candidates: CandidateSet
+    trace: list[StepTrace] = field(default_factory=list)
+
+    def explain(self, item_ids: np.ndarray | None = None, top: int = 10) -> str:
+        """The funnel for this user: one line per step (sub-queries indented), then the top items."""
+        name = (lambda i: str(i)) if item_ids is None else (lambda i: str(item_ids[i]))
+        lines = [f"funnel for user {self.user}:"]
+        for t in self.trace:
+            pad = "  " * (t.depth + 1)
+            lines.append(f"{pad}{t.step:<60} {t.n_in:>6} -> {t.n_out:<6} dropped {len(t.dropped):<6} "
+                         f"{t.seconds * 1e3:8.2f} ms")
+        c = self.candidates
+        lines.append(f"  top {min(top, len(c))} of {len(c)}:")
+        for r in range(min(top, len(c))):
+            seed = "-" if c.seed[r] < 0 else name(c.seed[r])
+            lines.append(f"    {r + 1:>3}. item {name(c.items[r]):<12} score {c.scores[r]:.4f}  seed {seed:<10} "
+                         f"component {c.component[r]:>2}  via {'+'.join(c.sources_of(r))}")
+        return "\n".join(lines)
+
+
+class Funnel:
+    """Everything a query needs. ``history`` = (src, dst, relation code) training edges (default: the
+    model's own); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers."""
+
+    def __init__(self, model, *, index: ComponentIndex | None = None,
+                 history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                 labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None):
+        self.model = model
+        self.index = index or load_or_build_index(model, model.target_type, model.config.index)
+        h = history or (model.train_edges["src"], model.train_edges["dst"], model.train_edges["rel"])
+        self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in h)
+        self.labels, self.rankers = labels, dict(rankers or {})
+        self.n_users, self.n_items = model.num(model.source_type), model.num(model.target_type)
+        self.relations = [r.name for r in model.relations]
+        self.user_vectors = model.vectors(model.source_type).numpy()
+        self.item_vectors = model.vectors(model.target_type).numpy()
+        self._cache: dict = {}
+
+    # ----------------------------------------------------------------- cached tables
+    def _codes(self, relations: Sequence[str] | None) -> tuple:
+        return tuple(range(len(self.relations))) if relations is None else tuple(
+            self.relations.index(r) for r in relations)
+
+    def _edges(self, relations):
+        codes = self._codes(relations)
+        m = np.isin(self.rel, codes)
+        return self.src[m], self.dst[m]
+
+    def _cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+    def seen(self, relations: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._cached(("seen", self._codes(relations)), lambda: csr_from_pairs(*self._edges(relations),
+                                                                                      self.n_users))
+
+    def history(self, relations: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        return self._cached(("hist", self._codes(relations)), lambda: history_csr(*self._edges(relations),
+                                                                                  self.n_users))
+
+    def popularity(self, relations: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        def build():
+            counts = np.bincount(self._edges(relations)[1], minlength=self.n_items).astype(np.float64)
+            return np.lexsort((np.arange(self.n_items), -counts)), counts
+        return self._cached(("pop", self._codes(relations)), build)
+
+    @property
+    def graph(self) -> BipartiteGraph:
+        return self._cached("graph", lambda: BipartiteGraph.from_edges(self.src, self.dst, self.n_users,
+                                                                       self.n_items))
+
+    @property
+    def features(self) -> FeatureTables:
+        return self._cached("features", lambda: FeatureTables.build(self.model, self.src, self.dst, self.rel))
+
+    def weights(self, weight_set: str) -> tuple[np.ndarray, np.ndarray]:
+        m = self.model
+        return self._cached(("w", weight_set), lambda: (m.mixture_weights(m.source_type, weight_set),
+                                                        m.mixture_weights(m.target_type, weight_set)))
+
+    # ----------------------------------------------------------------- retrieval primitives
+    def search(self, queries: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
+               exclude: tuple[np.ndarray, np.ndarray] | None, extra: int) -> Candidates:
+        b, cs, dim = queries.shape
+        m = min((k + extra) * self.index.components, self.index.size)
+        sims, ids = self.index.search(np.ascontiguousarray(queries.reshape(b * cs, dim)), m)
+        return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), w_src, w_dst, k, exclude)
+
+    def recommend(self, user: int, k: int, weight_set: str = "all", exclude_seen=True) -> CandidateSet:
+        """Round-robin mixture retrieval for one user (``exclude_seen``: bool or relation names)."""
+        w_src, w_dst = self.weights(weight_set)
+        users = np.array([user], np.int64)
+        excl, extra = None, 0
+        if exclude_seen is not False:
+            indptr, indices = self.seen(None if exclude_seen is True else exclude_seen)
+            excl = csr_rows(indptr, indices, users)
+            extra = int(indptr[user + 1] - indptr[user])
+        c = self.search(self.user_vectors[users], w_src[users], w_dst, k, excl, extra)
+        return from_candidates(c, 0, "mixture")
+
+    def similar(self, items: np.ndarray, k: int, weight_set: str = "all") -> Candidates:
+        """Item-to-item neighbours from the destination embeddings (each item itself excluded)."""
+        _, w_dst = self.weights(weight_set)
+        return self.search(self.item_vectors[items], w_dst[items], w_dst, k, (np.arange(len(items)), items), 1)
+
+    # ----------------------------------------------------------------- validation
+    def check(self, query: Query, where: str = "") -> None:
+        """Validate ``query`` against this funnel (weight sets, relations, rankers, labels)."""
+        sets = sorted(self.model.weights) or ["all"]
+        for i, s in enumerate(query.steps, 1):
+            here = f"{where}step {i} ({s.op})"
+            a = s.args
+            if "weights" in a and s.op != "union" and a["weights"] not in sets:
+                raise QueryError(here, "weights", f"unknown weight set {a['weights']!r}; the model has {sets}")
+            for key in ("relation", "exclude_seen"):
+                names = a.get(key)
+                if isinstance(names, list):
+                    bad = [r for r in names if r not in self.relations]
+                    if bad:
+                        raise QueryError(here, key, f"unknown relation(s) {bad}; the model has {self.relations}")
+            if s.op == "rank":
+                if a["ranker"] not in self.rankers:
+                    raise QueryError(here, "ranker", f"no ranker named {a['ranker']!r}; available: "
+                                                     f"{sorted(self.rankers) or 'none (train one first)'}")
+                if "first_pass" in a["stages"] and self.rankers[a["ranker"]].first_pass is None:
+                    raise QueryError(here, "stages", f"ranker {a['ranker']!r} has no distilled first pass")
+            if s.op == "diversify" and a["by"] == "label" and self.labels is None:
+                raise QueryError(here, "by", "diversifying by label needs item labels (none were given)")
+            for j, q in enumerate(a.get("queries") or []):
+                self.check(q, f"{here} > queries[{j}] > ")
+
+    # ----------------------------------------------------------------- execution
+    def run(self, query: Query, user: int | None = None, validate: bool = True) -> FunnelResult:
+        """Execute ``query`` for the dense user index ``user`` (default: the query's own raw ``user`` id)."""
+        if user is None:
+            if query.user is None:
+                raise QueryError("query", "user", "no user: pass a user index or build the query with Query.user(id)")
+            user = self.user_index(query.user)
+        if not 0 <= int(user) < self.n_users:
+            raise QueryError("query", "user", f"user index {user} outside [0, {self.n_users})")
+        if validate:
+            self.check(query)
+        trace: list[StepTrace] = []
+        cands = self._run(query, int(user), trace, 0)
+        return FunnelResult(int(user), cands, trace)
+
+    def _run(self, query: Query, user: int, trace: list[StepTrace], depth: int) -> CandidateSet:
+        cs = CandidateSet.empty()
+        for step in query.steps:
+            t0 = time.perf_counter()
+            pos = len(trace)
+            out = self._step(step, cs, user, trace, depth)
+            dropped = np.setdiff1d(cs.items, out.items)
+            trace.insert(pos, StepTrace(step.describe(), depth, len(cs), len(out), out.items, dropped,
+                                        time.perf_counter() - t0))
+            cs = out
+        return cs
+
+    def apply(self, step: Step, cs: CandidateSet, user: int) -> CandidateSet:
+        """Apply one step to a candidate set (e.g. to try several diversifiers on one ranked list)."""
+        return self._step(step, cs, int(user), [], 0)
+
+    def _step(self, step: Step, cs: CandidateSet, user: int, trace: list, depth: int) -> CandidateSet:
+        a = step.args
+        if step.op == "mixture":
+            return self.recommend(user, a["k"], a["weights"], a["exclude_seen"])
+        if step.op == "history":
+            return history_source(*self.history(a["relation"]), user, a["n"])
+        if step.op == "popular":
+            return popular_source(*self.popularity(a["relation"]), a["k"])
+        if step.op == "similar":
+            return expand_neighbours(cs, self.similar(cs.items, a["k"], a["weights"]), "similar")
+        if step.op == "walk":
+            rng = np.random.default_rng([a["seed"], user])
+            out, _ = walk_expand(self.graph, cs, a["k"], a["walkers"], a["restart"], a["max_steps"], a["n_p"],
+                                 a["n_v"], rng=rng)
+            return out
+        if step.op == "union":
+            subs = [self._run(q, user, trace, depth + 1) for q in a["queries"]]
+            return blend([cs, *subs], a["weights"], a["quotas"], a["k"])
+        if step.op == "filter":
+            return self._filter(cs, user, a)
+        if step.op == "rank":
+            return self._rank(cs, user, a)
+        if step.op == "diversify":
+            return self._diversify(cs, a)
+        if step.op == "take":
+            return cs.head(a["n"])
+        raise QueryError(step.op, None, "unknown operation")  # pragma: no cover - make_step rejects it
+
+    def _filter(self, cs: CandidateSet, user: int, a: dict) -> CandidateSet:
+        keep = np.ones(len(cs), bool)
+        if a["exclude_seen"] is not False:
+            indptr, indices = self.seen(None if a["exclude_seen"] is True else a["exclude_seen"])
+            keep &= ~np.isin(cs.items, indices[indptr[user]:indptr[user + 1]])
+        if a["exclude_items"]:
+            keep &= ~np.isin(cs.items, self.item_index(a["exclude_items"]))
+        if a["min_score"] is not None:
+            keep &= cs.scores >= a["min_score"]
+        return cs.take(keep)
+
+    def _rank(self, cs: CandidateSet, user: int, a: dict) -> CandidateSet:
+        ranker = self.rankers[a["ranker"]]
+        for stage, keep in zip(a["stages"], a["keep"]):
+            users = np.full(len(cs), user, np.int64)
+            if len(cs) == 0:
+                break
+            if stage == "first_pass":
+                scores = ranker.first_pass.score(self.features.light(users, cs.items))
+            else:
+                scores = ranker.values(self.features.full(users, cs.items))
+            cs = cs.with_scores(scores).sorted().head(keep)
+        return cs
+
+    def _diversify(self, cs: CandidateSet, a: dict) -> CandidateSet:
+        if len(cs) == 0:
+            return cs
+        cs = cs.sorted()
+        keys = self.keys(cs, a["by"])
+        if a["method"] == "penalty":
+            order, adj = div.penalty_order(cs.scores, keys, a["penalty"])
+            return cs.take(order).with_scores(adj)
+        if a["method"] == "round_robin":
+            order = div.round_robin_order(cs.scores, keys)
+        else:
+            order = div.mmr_order(cs.scores, self.similarity(cs, a["by"], keys), a["beta"], a["k"])
+        out = cs.take(order)
+        return out.with_scores(np.arange(len(out), 0, -1, dtype=np.float64))
+
+    def keys(self, cs: CandidateSet, by: str) -> np.ndarray:
+        """Grouping key per candidate: its seed, component, source, origin (seed, else component) or first
+        label (-1: no key)."""
+        if by == "seed":
+            return cs.seed
+        if by == "component":
+            return cs.component
+        if by == "source":
+            return cs.source
+        if by == "origin":  # the seed item, else the retrieving component (in its own key range)
+            return np.where(cs.seed >= 0, cs.seed, np.where(cs.component >= 0, self.n_items + cs.component, -1))
+        if by == "label":
+            first = self.labels.indices[np.minimum(self.labels.indptr[cs.items], len(self.labels.indices) - 1)]
+            return np.where(self.labels.counts()[cs.items] > 0, first, -1)
+        return np.full(len(cs), -1, np.int64)  # "embedding": no grouping key
+
+    def similarity(self, cs: CandidateSet, by: str, keys: np.ndarray) -> np.ndarray:
+        """(n, n) similarity for MMR: label Jaccard, embedding cosine, or 'same key'."""
+        if by == "label":
+            return div.jaccard_sim(self.labels.dense()[cs.items])
+        if by == "embedding":
+            w = self.weights("all")[1][cs.items][:, :, None]
+            return div.cosine_sim((self.item_vectors[cs.items] * w).sum(1))
+        same = (keys[:, None] == keys[None, :]) & (keys[:, None] >= 0)
+        return same.astype(np.float64)
+
+    def user_index(self, raw) -> int:
+        """Dense index of a raw user id (QueryError if unknown)."""
+        ids = self.model.ids[self.model.source_type]
+        lookup = self._cached("user_lookup", lambda: {str(v): i for i, v in enumerate(ids.tolist())})
+        if str(raw) not in lookup:
+            raise QueryError("query", "user", f"unknown user id {raw!r}")
+        return lookup[str(raw)]
+
+    def item_index(self, raw: Sequence) -> np.ndarray:
+        """Dense indices of raw item ids (unknown ids dropped)."""
+        ids = self.model.ids[self.model.target_type]
+        lookup = self._cached("item_lookup", lambda: {str(v): i for i, v in enumerate(ids.tolist())})
+        return np.array([lookup[str(r)] for r in raw if str(r) in lookup], np.int64)

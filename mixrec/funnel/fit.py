@@ -1,0 +1,111 @@
+"""Fitting the ranking stages from training data only.
+
+The caller holds out some training edges as *labels* (``holdout_split``) and builds the funnel's
+history from the rest, so that features never contain the label they are asked to predict. For
+each sampled user the candidate query is run, the user's held-out items are added as positives,
+and every (user, candidate) gets one label per relation. The final ranker is trained on those
+rows; the first pass is then distilled from the final ranker's values on the same lists.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from mixrec.funnel.engine import Funnel
+from mixrec.funnel.query import Query
+from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, train_multitask
+
+
+@dataclass
+class CandidateLists:
+    """Concatenated per-user candidate lists: ``offsets[u]:offsets[u+1]`` belong to ``users[u]``."""
+
+    users: np.ndarray  # (U,)
+    offsets: np.ndarray  # (U + 1,)
+    items: np.ndarray  # (n,)
+    labels: np.ndarray  # (n, R) float32, 1 where the (user, item) pair is a held-out edge of relation r
+
+    def row_users(self) -> np.ndarray:
+        return np.repeat(self.users, np.diff(self.offsets))
+
+    def padded(self, values: np.ndarray, max_len: int | None = None, fill: float = 0.0):
+        """(U, L, ...) padded copy of a per-row array and the (U, L) mask."""
+        lens = np.diff(self.offsets)
+        length = int(lens.max(initial=1)) if max_len is None else max_len
+        rows = np.repeat(np.arange(len(self.users)), lens)
+        cols = np.arange(len(rows)) - np.repeat(self.offsets[:-1], lens)
+        ok = cols < length
+        out = np.full((len(self.users), length) + values.shape[1:], fill, dtype=values.dtype)
+        mask = np.zeros((len(self.users), length), bool)
+        out[rows[ok], cols[ok]] = values[ok]
+        mask[rows[ok], cols[ok]] = True
+        return out, mask
+
+
+def holdout_split(src: np.ndarray, dst: np.ndarray, rel: np.ndarray, fraction: float = 0.1,
+                  seed: int = 0) -> np.ndarray:
+    """Boolean mask of held-out edges: about ``fraction`` of each (user, relation) group, at least one
+    where the group has two or more edges, never the only one."""
+    rng = np.random.default_rng(seed)
+    n = len(src)
+    group = np.unique(src.astype(np.int64) * (int(rel.max(initial=0)) + 1) + rel, return_inverse=True)[1]
+    order = np.lexsort((rng.random(n), group))
+    g = group[order]
+    starts = np.r_[True, g[1:] != g[:-1]]
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
+    pos = np.arange(n) - first
+    size = np.bincount(group)[g]
+    take = np.where(size >= 2, np.maximum(1, np.floor(fraction * size)), 0)
+    mask = np.zeros(n, bool)
+    mask[order] = pos < take
+    return mask
+
+
+def candidate_lists(funnel: Funnel, query: Query, users: Sequence[int], label_edges: tuple,
+                    add_positives: bool = False) -> CandidateLists:
+    """Run ``query`` for each user and label the candidates with the held-out ``label_edges`` (src, dst, rel).
+
+    ``add_positives`` also inserts held-out items the query did not retrieve; beware that a ranker then
+    learns "not retrieved means relevant" (every retrieved row it sees is mostly negative), so the default
+    trains on what the sources actually return, as a production ranker trained on impressions would.
+    """
+    src, dst, rel = (np.asarray(a, np.int64) for a in label_edges)
+    n_items, n_rel = funnel.n_items, len(funnel.relations)
+    lab_keys = [np.unique(src[rel == r] * n_items + dst[rel == r]) for r in range(n_rel)]
+    users = np.asarray(users, np.int64)
+    order = np.argsort(src, kind="stable")
+    ptr = np.searchsorted(src[order], np.r_[users, users + 1].reshape(2, -1))
+    parts = []
+    for i, u in enumerate(users):
+        items = funnel.run(query, int(u), validate=(i == 0)).candidates.items
+        if add_positives:
+            items = np.union1d(items, dst[order][ptr[0, i]:ptr[1, i]])
+        parts.append(items)
+    offsets = np.zeros(len(users) + 1, np.int64)
+    np.cumsum([len(p) for p in parts], out=offsets[1:])
+    items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    q = np.repeat(users, np.diff(offsets)) * n_items + items
+    labels = np.stack([np.isin(q, k) for k in lab_keys], 1).astype(np.float32)
+    return CandidateLists(users, offsets, items, labels)
+
+
+def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, float], *,
+               epochs: int = 5, hidden: Sequence[int] = (64, 32), distill: bool = True, distill_epochs: int = 30,
+               max_list: int = 300, seed: int = 0) -> FunnelRanker:
+    """Train the final multi-task ranker on ``lists``; then distil a first pass from its values."""
+    users = lists.row_users()
+    x = funnel.features.full(users, lists.items)
+    final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed)
+    ranker = FunnelRanker(final, ValueModel(dict(value_weights)),
+                          info={"rows": int(len(users)), "users": int(len(lists.users)),
+                                "positives": {r: int(lists.labels[:, i].sum())
+                                              for i, r in enumerate(funnel.relations)}})
+    if distill:
+        teacher = ranker.values(x)
+        light = funnel.features.light(users, lists.items)
+        xl, mask = lists.padded(light, min(max_list, int(np.diff(lists.offsets).max(initial=1))))
+        tv, _ = lists.padded(teacher, xl.shape[1])
+        ranker.first_pass = distill_first_pass(xl, tv, mask, epochs=distill_epochs, seed=seed)
+    return ranker
