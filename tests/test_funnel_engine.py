@@ -150,3 +150,25 @@ def test_cli_funnel_runs_a_query_file(setup, tmp_path, capsys):
     (tmp_path / "bad.toml").write_text('[[steps]]\nop = "mixture"\nk = 0\n')
     assert main(["funnel", str(model.path), "--query", str(tmp_path / "bad.toml"), "--user", user]) == 2
     assert "step 1 (mixture): argument 'k'" in capsys.readouterr().err
+
+
+def test_three_stage_rank_cuts_in_order_and_ends_on_the_value_model(setup):
+    """keep=[150, 50, 25]-style: first pass (cheap features) -> second pass (full features) -> final ranker."""
+    _, _, funnel, cq, _ = setup
+    q = cq.rank(keep=[30, 15, 6])
+    assert q.steps[-1].args["stages"] == ["first_pass", "second_pass", "final"]
+    res = funnel.run(q, 3)
+    ranker = funnel.rankers["default"]
+    assert ranker.second_pass is not None and len(res.candidates) == 6
+    users = np.full(6, 3)
+    np.testing.assert_allclose(res.candidates.scores, ranker.values(funnel.features.full(users, res.candidates.items)))
+    before = funnel.run(cq, 3).candidates  # the union the ranker starts from
+    full = funnel.features.full(np.full(len(before), 3), before.items)
+    light = funnel.features.light(np.full(len(before), 3), before.items)
+    first = before.items[np.argsort(-ranker.first_pass.score(light), kind="stable")[:30]]
+    second_scores = ranker.second_pass.score(funnel.features.full(np.full(30, 3), first))
+    second = first[np.argsort(-second_scores, kind="stable")[:15]]
+    assert set(res.candidates.items.tolist()) <= set(second.tolist())
+    teacher = ranker.values(full)
+    rho = np.corrcoef(np.argsort(np.argsort(ranker.second_pass.score(full))), np.argsort(np.argsort(teacher)))[0, 1]
+    assert rho > 0.5  # the distilled second pass orders like the final ranker

@@ -85,11 +85,17 @@ def test_ranker_save_load_round_trip(tmp_path):
     final = train_multitask(x, y, ["view", "buy"], epochs=1)
     first = distill_first_pass(x[:400].reshape(20, 20, 6)[..., :3], y[:400, 1].reshape(20, 20),
                                np.ones((20, 20), bool), epochs=1)
-    r = FunnelRanker(final, ValueModel({"view": 0.2, "buy": 1.0}), first, {"rows": 500})
+    second = distill_first_pass(x[:400].reshape(20, 20, 6), y[:400, 1].reshape(20, 20), np.ones((20, 20), bool),
+                                hidden=(8,), epochs=1)
+    r = FunnelRanker(final, ValueModel({"view": 0.2, "buy": 1.0}), first, {"rows": 500}, second_pass=second)
     r.save(tmp_path / "r")
     back = FunnelRanker.load(tmp_path / "r")
     np.testing.assert_allclose(back.values(x), r.values(x))
     np.testing.assert_allclose(back.first_pass.score(x[:, :3]), r.first_pass.score(x[:, :3]))
+    np.testing.assert_allclose(back.second_pass.score(x), r.second_pass.score(x))
+    FunnelRanker(final, ValueModel({"buy": 1.0})).save(tmp_path / "plain")
+    plain = FunnelRanker.load(tmp_path / "plain")
+    assert plain.first_pass is None and plain.second_pass is None
     assert back.relations == ["view", "buy"] and back.info == {"rows": 500}
     with pytest.raises(FileNotFoundError):
         FunnelRanker.load(tmp_path / "none")

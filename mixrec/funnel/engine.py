@@ -173,8 +173,9 @@ class Funnel:
                 if a["ranker"] not in self.rankers:
                     raise QueryError(here, "ranker", f"no ranker named {a['ranker']!r}; available: "
                                                      f"{sorted(self.rankers) or 'none (train one first)'}")
-                if "first_pass" in a["stages"] and self.rankers[a["ranker"]].first_pass is None:
-                    raise QueryError(here, "stages", f"ranker {a['ranker']!r} has no distilled first pass")
+                for stage in ("first_pass", "second_pass"):
+                    if stage in a["stages"] and getattr(self.rankers[a["ranker"]], stage) is None:
+                        raise QueryError(here, "stages", f"ranker {a['ranker']!r} has no distilled {stage}")
             if s.op == "diversify" and a["by"] == "label" and self.labels is None:
                 raise QueryError(here, "by", "diversifying by label needs item labels (none were given)")
             for j, q in enumerate(a.get("queries") or []):
@@ -258,6 +259,8 @@ class Funnel:
                 break
             if stage == "first_pass":
                 scores = ranker.first_pass.score(self.features.light(users, cs.items))
+            elif stage == "second_pass":
+                scores = ranker.second_pass.score(self.features.full(users, cs.items))
             else:
                 scores = ranker.values(self.features.full(users, cs.items))
             cs = cs.with_scores(scores).sorted().head(keep)

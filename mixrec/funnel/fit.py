@@ -94,7 +94,7 @@ def candidate_lists(funnel: Funnel, query: Query, users: Sequence[int], label_ed
 def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, float], *,
                epochs: int = 5, hidden: Sequence[int] = (64, 32), distill: bool = True, distill_epochs: int = 30,
                max_list: int = 300, seed: int = 0) -> FunnelRanker:
-    """Train the final multi-task ranker on ``lists``; then distil a first pass from its values."""
+    """Train the final multi-task ranker on ``lists``; then distil a first and a second pass from its values."""
     users = lists.row_users()
     x = funnel.features.full(users, lists.items)
     final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed)
@@ -108,4 +108,6 @@ def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, f
         xl, mask = lists.padded(light, min(max_list, int(np.diff(lists.offsets).max(initial=1))))
         tv, _ = lists.padded(teacher, xl.shape[1])
         ranker.first_pass = distill_first_pass(xl, tv, mask, epochs=distill_epochs, seed=seed)
+        xf, _ = lists.padded(x, xl.shape[1])  # the second pass: a small model on the full features
+        ranker.second_pass = distill_first_pass(xf, tv, mask, hidden=(32,), epochs=distill_epochs, seed=seed)
     return ranker

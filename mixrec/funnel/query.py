@@ -110,14 +110,18 @@ def _floats(v):
     return [_float(1e-9, 1e9)(x) for x in v]
 
 
+STAGES = ("first_pass", "second_pass", "final")  # cheap -> expensive, as in Explore's three-stage funnel
+DEFAULT_STAGES = {1: ["final"], 2: ["first_pass", "final"], 3: list(STAGES)}
+
+
 def _stages(v):
     if v is None:
         return None
     if not isinstance(v, (list, tuple)) or not v:
-        raise ValueError(f"must be a non-empty list of 'first_pass'/'final', got {v!r}")
-    out = [_choice("first_pass", "final")(x) for x in v]
-    if out[-1] != "final" or out.count("final") != 1 or out.count("first_pass") > 1:
-        raise ValueError(f"must be ['final'] or ['first_pass', 'final'], got {out}")
+        raise ValueError(f"must be a non-empty list of 'first_pass'/'second_pass'/'final', got {v!r}")
+    out = [_choice(*STAGES)(x) for x in v]
+    if out != [s for s in STAGES if s in out] or out[-1] != "final":
+        raise ValueError(f"must end with 'final', each stage at most once, in the order {list(STAGES)}; got {out}")
     return out
 
 
@@ -140,7 +144,7 @@ OPS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
               "k": (_int(1, MAX_K, optional=True), None)},
     "filter": {"exclude_seen": (_seen, False), "exclude_items": (_item_ids, []),
                "min_score": (_float(-1e18, 1e18, optional=True), None)},
-    "rank": {"ranker": (_name, "default"), "keep": (_int_list(1, decreasing=True, max_len=2), [150, 25]),
+    "rank": {"ranker": (_name, "default"), "keep": (_int_list(1, decreasing=True, max_len=3), [150, 25]),
              "stages": (_stages, None)},
     "diversify": {"by": (_choice("seed", "component", "origin", "label", "source", "embedding"), "seed"),
                   "method": (_choice("round_robin", "penalty", "mmr"), "round_robin"),
@@ -337,7 +341,7 @@ def make_step(op: str, args: dict, where: str) -> Step:
     if op == "union":
         _check_union(out, where)
     if op == "rank":
-        stages = out["stages"] or (["final"] if len(out["keep"]) == 1 else ["first_pass", "final"])
+        stages = out["stages"] or DEFAULT_STAGES[len(out["keep"])]
         if len(stages) != len(out["keep"]):
             raise QueryError(where, "keep", f"needs one size per stage {stages}, got {out['keep']}")
         out["stages"] = stages

@@ -168,12 +168,15 @@ def distill_first_pass(x: np.ndarray, teacher: np.ndarray, mask: np.ndarray, *, 
 
 @dataclass
 class FunnelRanker:
-    """The ranking stages of a funnel: the final multi-task ranker, its value model, an optional first pass."""
+    """The ranking stages of a funnel: the final multi-task ranker and its value model, and optionally a
+    first pass (small model on cheap features) and a second pass (small model on the full features),
+    both distilled from the final ranker's values."""
 
     final: MultiTaskRanker
     value: ValueModel
     first_pass: FirstPass | None = None
     info: dict = field(default_factory=dict)
+    second_pass: FirstPass | None = None
 
     @property
     def relations(self) -> list[str]:
@@ -190,9 +193,11 @@ class FunnelRanker:
         meta = {"format": 1, "relations": self.relations, "final": {"n_in": self.final.n_in,
                                                                      "hidden": self.final.hidden},
                 "value": self.value.weights, "info": self.info, "first_pass": None}
-        if self.first_pass is not None:
-            arrays.update({f"first.{k}": v.numpy() for k, v in self.first_pass.state_dict().items()})
-            meta["first_pass"] = {"n_in": self.first_pass.n_in, "hidden": self.first_pass.hidden}
+        for name, prefix in (("first_pass", "first"), ("second_pass", "second")):
+            stage = getattr(self, name)
+            meta[name] = None if stage is None else {"n_in": stage.n_in, "hidden": stage.hidden}
+            if stage is not None:
+                arrays.update({f"{prefix}.{k}": v.numpy() for k, v in stage.state_dict().items()})
         with atomic_file(path / "ranker.npz") as fh:
             np.savez(fh, **arrays)
         with atomic_file(path / "ranker.json", "w") as fh:
@@ -210,8 +215,10 @@ class FunnelRanker:
             arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files}
         final = MultiTaskRanker(meta["final"]["n_in"], meta["relations"], meta["final"]["hidden"])
         final.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("final.")})
-        first = None
-        if meta.get("first_pass"):
-            first = FirstPass(meta["first_pass"]["n_in"], meta["first_pass"]["hidden"])
-            first.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("first.")})
-        return cls(final, ValueModel({k: float(v) for k, v in meta["value"].items()}), first, meta.get("info", {}))
+        stages = {}
+        for name, prefix in (("first_pass", "first."), ("second_pass", "second.")):
+            if meta.get(name):
+                stages[name] = FirstPass(meta[name]["n_in"], meta[name]["hidden"])
+                stages[name].load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
+        return cls(final, ValueModel({k: float(v) for k, v in meta["value"].items()}), info=meta.get("info", {}),
+                   **stages)
