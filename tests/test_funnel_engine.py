@@ -161,7 +161,8 @@ def test_three_stage_rank_cuts_in_order_and_ends_on_the_value_model(setup):
     ranker = funnel.rankers["default"]
     assert ranker.second_pass is not None and len(res.candidates) == 6
     users = np.full(6, 3)
-    np.testing.assert_allclose(res.candidates.scores, ranker.values(funnel.features.full(users, res.candidates.items)))
+    np.testing.assert_allclose(res.candidates.scores, ranker.values(funnel.features.full(users, res.candidates.items)),
+                               rtol=1e-5)
     before = funnel.run(cq, 3).candidates  # the union the ranker starts from
     full = funnel.features.full(np.full(len(before), 3), before.items)
     light = funnel.features.light(np.full(len(before), 3), before.items)

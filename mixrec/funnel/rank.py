@@ -87,6 +87,15 @@ class ValueModel:
         return np.asarray(probs, np.float64) @ self.vector(relations)
 
 
+def _minibatches(n: int, batch: int, epochs: int, seed: int):
+    """Index tensors of shuffled minibatches, ``epochs`` passes over ``n`` rows, seeded."""
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        perm = torch.randperm(n, generator=g)
+        for lo in range(0, n, batch):
+            yield perm[lo:lo + batch]
+
+
 def train_multitask(x: np.ndarray, y: np.ndarray, relations: Sequence[str], *, hidden: Sequence[int] = (64, 32),
                     epochs: int = 5, lr: float = 3e-3, batch: int = 1024, seed: int = 0) -> MultiTaskRanker:
     """Fit the ranker with per-head binary cross-entropy on multi-hot labels ``y`` (n, R)."""
@@ -99,15 +108,11 @@ def train_multitask(x: np.ndarray, y: np.ndarray, relations: Sequence[str], *, h
         model.head.bias.copy_(torch.log(pos / (1 - pos)))  # start at the base rates
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.BCEWithLogitsLoss()
-    g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=g)
-        for lo in range(0, len(xt), batch):
-            idx = perm[lo:lo + batch]
-            opt.zero_grad()
-            loss_fn(model(xt[idx]), yt[idx]).backward()
-            opt.step()
+    for idx in _minibatches(len(xt), batch, epochs, seed):
+        opt.zero_grad()
+        loss_fn(model(xt[idx]), yt[idx]).backward()
+        opt.step()
     return model
 
 
@@ -152,17 +157,13 @@ def distill_first_pass(x: np.ndarray, teacher: np.ndarray, mask: np.ndarray, *, 
     model = FirstPass(xt.shape[-1], hidden)
     model.fit_scaler(xt[mt])
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    g = torch.Generator().manual_seed(seed)
     model.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(xt), generator=g)
-        for lo in range(0, len(xt), batch):
-            idx = perm[lo:lo + batch]
-            b, length, f = xt[idx].shape
-            s = model(xt[idx].reshape(b * length, f)).reshape(b, length)
-            opt.zero_grad()
-            approx_ndcg_loss(s, gains[idx], mt[idx], temperature).backward()
-            opt.step()
+    for idx in _minibatches(len(xt), batch, epochs, seed):
+        b, length, f = xt[idx].shape
+        s = model(xt[idx].reshape(b * length, f)).reshape(b, length)
+        opt.zero_grad()
+        approx_ndcg_loss(s, gains[idx], mt[idx], temperature).backward()
+        opt.step()
     return model
 
 
