@@ -57,6 +57,7 @@ def _add_train(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set components.user=5 --set dim=32 (repeatable)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (sets the config key device)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_train)
 
@@ -64,6 +65,8 @@ def _add_train(sub) -> None:
 def cmd_train(a) -> int:
     from mixrec.train import train
     cfg = _config_from(a)
+    if a.device:
+        cfg = cfg.with_overrides({"device": a.device})
     model = train(a.data, cfg, a.out, resume=a.resume, progress=not a.quiet)
     hist = model.info.get("history", [])
     if hist:
@@ -85,7 +88,7 @@ def _add_retrieve(sub) -> None:
     p.add_argument("--history", default=None, metavar="FILE",
                    help="fold in new users from a history file (Parquet/CSV/TSV: user, item[, relation]) "
                         "and retrieve for them instead of the model's users")
-    p.add_argument("--foldin-steps", type=int, default=None, help="Adagrad steps of the fold-in (default 300)")
+    p.add_argument("--foldin-steps", type=int, default=None, help="Adagrad steps of the fold-in (default 100)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_retrieve)
 
@@ -241,12 +244,27 @@ def _add_generate(sub) -> None:
     p.add_argument("--items", type=int, default=3000)
     p.add_argument("--clusters", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--edges-per-user", type=int, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="distinct clicked items per user (default 20 60)")
+    p.add_argument("--relations", nargs="+", default=None, help="relation names (default: click like)")
+    p.add_argument("--stream", action="store_true",
+                   help="write chunk by chunk with bounded memory (for graphs of 100M+ edges)")
+    p.add_argument("--layout", choices=["events", "dataset"], default="events",
+                   help="with --stream: 'dataset' writes a dataset directory that `mixrec train` reads directly")
     p.set_defaults(func=cmd_generate)
 
 
 def cmd_generate(a) -> int:
     from mixrec.data.synthetic import SyntheticSpec, write
-    paths = write(SyntheticSpec(n_users=a.users, n_items=a.items, n_clusters=a.clusters, seed=a.seed), a.out)
+    extra = {k: tuple(v) for k, v in (("edges_per_user", a.edges_per_user), ("relations", a.relations)) if v}
+    spec = SyntheticSpec(n_users=a.users, n_items=a.items, n_clusters=a.clusters, seed=a.seed, **extra)
+    if a.stream:
+        from mixrec.data.synthetic_stream import write_stream
+        paths = write_stream(spec, a.out, layout=a.layout)
+    elif a.layout != "events":
+        raise ValueError("--layout dataset needs --stream")
+    else:
+        paths = write(spec, a.out)
     for k, v in paths.items():
         print(f"{k}: {v}")
     return 0
@@ -272,14 +290,34 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
+    p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch (default: the model's config)")
+    p.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (default: the model's config)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="requests computed at once per worker (default: one per CPU); the others wait in the event loop")
+    p.add_argument("--ranker", action="append", default=[], metavar="NAME=DIR",
+                   help="a funnel ranker (saved by FunnelRanker.save) for POST /v1/query's rank steps (repeatable)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes (each holds a copy of the model; reloads reach all of them)")
     p.add_argument("--max-k", type=int, default=1000)
     p.add_argument("--max-batch", type=int, default=256, help="most users in one POST /v1/candidates")
     p.add_argument("--max-history", type=int, default=2000, help="most items in one fold-in request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
-    p.add_argument("--foldin-steps", type=int, default=100, help="Adagrad steps per fold-in request")
+    p.add_argument("--foldin-steps", type=int, default=30, help="Adagrad steps per fold-in request")
     p.add_argument("--admin-token", default=None,
                    help="token for POST /admin/reload (default $MIXREC_ADMIN_TOKEN); required off loopback")
     p.set_defaults(func=cmd_serve)
+
+
+def _rankers(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--ranker {spec!r}: give NAME=DIR, e.g. --ranker default=ranker/")
+        if not (Path(path) / "ranker.json").is_file():
+            raise ValueError(f"--ranker {spec!r}: {path} has no ranker.json (save one with FunnelRanker.save)")
+        out[name] = path
+    return out
 
 
 def cmd_serve(a) -> int:
@@ -289,7 +327,9 @@ def cmd_serve(a) -> int:
     try:
         settings = ServeSettings(model_dir=a.model, host=a.host, port=a.port, index_kind=a.index, max_k=a.max_k,
                                  max_batch=a.max_batch, max_history=a.max_history, max_body_bytes=a.max_body_bytes,
-                                 foldin_steps=a.foldin_steps, admin_token=a.admin_token)
+                                 foldin_steps=a.foldin_steps, admin_token=a.admin_token,
+                                 ef_search=a.ef_search, nprobe=a.nprobe, workers=a.workers,
+                                 threads=a.threads, rankers=_rankers(a.ranker))
     except ValidationError as e:
         raise ValueError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
     print(f"mixrec serve: loading {a.model}, then listening on http://{a.host}:{a.port} (docs at /docs)",
@@ -298,12 +338,43 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def _add_report(sub) -> None:
+    from mixrec.report.command import add_parser
+    add_parser(sub)
+
+
+def _add_tune(sub) -> None:
+    from mixrec.tune import add_parser
+    add_parser(sub)
+
+
+def _add_funnel(sub) -> None:
+    p = sub.add_parser("funnel", help="run a candidate funnel query (TOML/YAML/JSON) for users; docs/funnel.md")
+    p.add_argument("model", help="model directory")
+    p.add_argument("data", nargs="?", default=None,
+                   help="dataset directory whose train split is the history (default: the model's training edges)")
+    p.add_argument("--query", required=True, help="query document (.toml, .yaml/.yml or .json)")
+    p.add_argument("--user", action="append", help="raw user id (repeatable; default: the document's 'user')")
+    p.add_argument("--ranker", action="append", metavar="[NAME=]DIR",
+                   help="a trained funnel ranker directory (name 'default' unless given; repeatable)")
+    p.add_argument("--item-labels", default=None, help="TSV/CSV of item labels (for diversify by label)")
+    p.add_argument("--label-col", default="genres")
+    p.add_argument("--explain", action="store_true", help="print every step's kept/dropped counts per user")
+    p.add_argument("--out", default=None, help="write the candidates as Parquet")
+    p.set_defaults(func=cmd_funnel)
+
+
+def cmd_funnel(a) -> int:
+    from mixrec.funnel.command import run_command
+    return run_command(a)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixrec", description="Multi-task mixture-embedding candidate retrieval.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_ingest, _add_train, _add_retrieve, _add_similar, _add_evaluate, _add_generate, _add_demo,
-                _add_serve):
+                _add_serve, _add_report, _add_tune, _add_funnel):
         add(sub)
     return parser
 

@@ -61,6 +61,9 @@ class IndexConfig(_Strict):
     ef_construction: int = Field(200, ge=8)
     nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4*sqrt(n)")
     nprobe: int = Field(16, ge=1)
+    device: Literal["cpu", "auto", "cuda"] = Field(
+        "cpu", description="search on a GPU ('cuda'; 'auto' when FAISS has GPU support and sees a GPU); "
+                           "flat and ivf only, hnsw stays on the CPU")
 
 
 class EarlyStopping(_Strict):
@@ -70,6 +73,13 @@ class EarlyStopping(_Strict):
                           "Only active when the dataset has a valid split")
     k: int = Field(20, ge=1)
     max_users: int = Field(5000, ge=1, description="validation users sampled for the check")
+
+
+class DistributedConfig(_Strict):
+    """Data-parallel training over torch.distributed (``torchrun ... -m mixrec.train.distributed``)."""
+
+    sync_every: int = Field(16, ge=1, description="local batches between two all-reduces of the table updates")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on cuda, gloo on cpu")
 
 
 class Config(_Strict):
@@ -96,11 +106,16 @@ class Config(_Strict):
     init_scale: float = Field(0.1, gt=0, description="std of the initial components; with cosine scores "
                               "the effective step is lr / init_scale")
     workers: int = Field(1, ge=1, description="HOGWILD worker processes")
+    device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
+                        description="where training runs: 'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available)")
     seed: int = 0
     weight_sets: dict[str, WeightSetConfig] = Field(default_factory=lambda: {"all": WeightSetConfig()})
     index: IndexConfig = Field(default_factory=IndexConfig)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     eval_every: int = Field(0, ge=0, description="log validation recall every N epochs (0: only with early stopping)")
+    partitions: dict[str, int] = Field(default_factory=dict, description="partitions.<entity type> = P; P > 1 "
+                                       "for any type trains from disk bucket by bucket (default 1: in memory)")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("components")
     @classmethod
@@ -110,9 +125,25 @@ class Config(_Strict):
                 raise ValueError(f"components.{k} must be >= 1, got {c}")
         return {k: int(c) for k, c in v.items()}
 
+    @field_validator("partitions")
+    @classmethod
+    def _positive_partitions(cls, v: dict[str, int]) -> dict[str, int]:
+        for k, p in v.items():
+            if int(p) < 1:
+                raise ValueError(f"partitions.{k} must be >= 1, got {p}")
+        return {k: int(p) for k, p in v.items()}
+
     # ----------------------------------------------------------------- helpers
     def components_of(self, entity_type: str) -> int:
         return self.components.get(entity_type, 1)
+
+    def partitions_of(self, entity_type: str) -> int:
+        return self.partitions.get(entity_type, 1)
+
+    @property
+    def partitioned(self) -> bool:
+        """True when some entity type is split into partitions (disk-backed training)."""
+        return any(p > 1 for p in self.partitions.values())
 
     def relation(self, name: str) -> RelationConfig:
         return self.relations.get(name, RelationConfig())

@@ -20,6 +20,9 @@ class ComponentIndex:
 
     def __init__(self, index: faiss.Index, n_items: int, components: int, config: IndexConfig):
         self.index, self.n_items, self.components, self.config = index, n_items, components, config
+        self.gpu_resources = None
+        if config.device != "cpu" and config.kind != "hnsw":  # FAISS has no GPU HNSW
+            self.index, self.gpu_resources = _to_gpu(index, config)
 
     @classmethod
     def build(cls, vectors: np.ndarray, config: IndexConfig | None = None) -> "ComponentIndex":
@@ -42,6 +45,13 @@ class ComponentIndex:
         index.add(flat)
         return cls(index, n, cd, config)
 
+    BUILD_FIELDS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction"), "ivf": ("nlist",)}
+
+    def built_like(self, config: IndexConfig) -> bool:
+        """True when ``config`` would build this same index (search-time parameters may differ)."""
+        return config.kind == self.config.kind and all(
+            getattr(config, f) == getattr(self.config, f) for f in self.BUILD_FIELDS[config.kind])
+
     @property
     def is_exact(self) -> bool:
         return self.config.kind == "flat"
@@ -57,7 +67,7 @@ class ComponentIndex:
         if self.config.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
             return self.index.search(q, k, params=params)
-        if self.config.kind == "ivf":
+        if self.config.kind == "ivf" and self.gpu_resources is None:
             params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
             return self.index.search(q, k, params=params)
         return self.index.search(q, k)
@@ -66,7 +76,8 @@ class ComponentIndex:
     def save(self, path: str | Path) -> None:
         """Write FAISS's own format plus a JSON sidecar (both atomically)."""
         path = Path(path)
-        data = faiss.serialize_index(self.index)
+        cpu = self.index if self.gpu_resources is None else faiss.index_gpu_to_cpu(self.index)
+        data = faiss.serialize_index(cpu)
         with atomic_file(path) as fh:
             fh.write(data.tobytes())
         save_json(path.with_suffix(".json"), {"n_items": self.n_items, "components": self.components,
@@ -78,3 +89,24 @@ class ComponentIndex:
         meta = json.loads(path.with_suffix(".json").read_text())
         index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
         return cls(index, meta["n_items"], meta["components"], IndexConfig(**meta["config"]))
+
+
+def gpu_resources():
+    """FAISS GPU resources when this FAISS build has GPU support and sees a GPU; None otherwise."""
+    if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+        return None
+    return faiss.StandardGpuResources()
+
+
+def _to_gpu(index: faiss.Index, config: IndexConfig):
+    """(index on GPU 0, its resources), or the index unchanged with None where no GPU can be used."""
+    res = gpu_resources()
+    if res is None:
+        if config.device == "cuda":
+            raise ValueError("index.device='cuda': this FAISS build has no GPU support or sees no GPU "
+                               "(faiss-cpu); install a GPU build of FAISS, or use index.device='auto' or 'cpu'")
+        return index, None
+    gpu = faiss.index_cpu_to_gpu(res, 0, index)
+    if config.kind == "ivf":
+        gpu.nprobe = config.nprobe
+    return gpu, res

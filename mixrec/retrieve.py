@@ -153,8 +153,9 @@ def load_or_build_index(model, target_type: str, config: IndexConfig) -> Compone
         path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
         if path.is_file():
             idx = ComponentIndex.load(path)
-            if idx.config == config and idx.n_items == model.num(target_type):
-                return idx
+            if idx.built_like(config) and idx.n_items == model.num(target_type):
+                # search-time parameters (efSearch, nprobe) and the device need no rebuild
+                return ComponentIndex(idx.index, idx.n_items, idx.components, config)
     idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
     if path is not None:
         path.parent.mkdir(exist_ok=True)

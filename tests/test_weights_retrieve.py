@@ -153,3 +153,4 @@ def test_approximate_indexes_have_high_recall_and_round_trip(kind, clustered, tm
 def test_hand_cosine_sanity():
     assert math.isclose(float(product(torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 1.0]]))), 1 / math.sqrt(2),
                         rel_tol=1e-6)
+

@@ -133,3 +133,77 @@ def margin_loss(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None =
     if weight is not None:
         per_pos = per_pos * weight
     return per_pos.sum()
+
+
+# --------------------------------------------------------------------- closed-form gradients (training hot path)
+def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
+                   dims=PAIR_DIMS) -> tuple[Tensor, Tensor | None] | None:
+    """A built-in pooling and its local derivative d pooled / d m (same shape as ``m``), without autograd.
+
+    Every pooled value depends only on its own slice of ``m``, so the gradient of any loss with respect to
+    ``m`` is this derivative times the upstream gradient broadcast over ``dims`` (which must be adjacent).
+    The derivative is None where the pooling is the identity (one component pair).
+    Returns None for a registered (non built-in) pooling, whose gradient only autograd knows.
+    """
+    if name not in BUILTIN or POOLINGS[name] is not _BUILTIN_FNS[name]:
+        return None
+    lo, hi = sorted(d % m.dim() for d in dims)
+    if hi - lo != len(dims) - 1:
+        raise ValueError(f"pool_with_grad pools adjacent axes only, got {dims}")
+    flat = m.flatten(lo, hi)  # the pooled axes as one axis ``lo``
+    n = flat.shape[lo]
+    if n == 1:
+        return flat.squeeze(lo), None
+    if name == "mean":
+        return flat.mean(lo), torch.full_like(m, 1.0 / n)
+    if name == "max":
+        top = flat.amax(lo, keepdim=True)
+        hit = (flat == top).to(m.dtype)
+        return top.squeeze(lo), hit.div_(hit.sum(lo, keepdim=True)).view_as(m)
+    p = torch.softmax(flat * (1.0 / gamma), dim=lo)
+    s = (flat * p).sum(lo, keepdim=True)
+    grad = torch.add(p, (flat - s).mul_(p), alpha=1.0 / gamma)  # p * (1 + (m - s) / gamma)
+    if name == "smoothmax":
+        return s.squeeze(lo), grad.view_as(m)
+    reg, dreg = (flat.mean(lo), 1.0 / n) if theta_form == "mean" else (flat.sum(lo), 1.0)
+    return theta * reg + (1.0 - theta) * s.squeeze(lo), grad.mul_(1.0 - theta).add_(theta * dreg).view_as(m)
+
+
+_BUILTIN_FNS = dict(POOLINGS)
+
+
+def margin_loss_with_grad(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None = None,
+                          mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`margin_loss` and its gradients ``(loss, dloss/dpos (B,), dloss/dneg (B, N))`` in one pass.
+
+    A negative score of -inf contributes nothing, like a zero in ``mask`` (cheaper than a dense mask).
+    """
+    viol = (neg - (pos - margin).unsqueeze(-1)).relu_()
+    if mask is not None:
+        viol.mul_(mask)
+    coef = viol.sign()
+    per_pos = viol.sum(-1)
+    if weight is not None:
+        per_pos = per_pos * weight
+        coef.mul_(weight.unsqueeze(-1))
+    return per_pos.sum(), -coef.sum(-1), coef
+
+
+def equal_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """All ``(i, j)`` with ``a[i] == b[j]`` as two index vectors, without a dense len(a) x len(b) comparison."""
+    sb, order = torch.sort(b)
+    lo = torch.searchsorted(sb, a)
+    cnt = torch.searchsorted(sb, a, right=True) - lo
+    i = torch.repeat_interleave(torch.arange(len(a), device=a.device), cnt)
+    start = torch.cumsum(cnt, 0) - cnt
+    k = torch.arange(len(i), device=a.device) - start[i] + lo[i]
+    return i, order[k]
+
+
+def normalize_backward(x_norm: Tensor, unit: Tensor, grad_unit: Tensor, eps: float = 1e-12) -> Tensor:
+    """Gradient through :func:`normalize` given ``|x|`` (keepdim) and the unit vectors: (g - u (u . g)) / |x|.
+
+    Rows shorter than ``eps`` were divided by ``eps``, a constant: their gradient is g / eps.
+    """
+    dot = (unit * grad_unit).sum(-1, keepdim=True).mul_(x_norm > eps)
+    return (grad_unit - unit * dot).div_(x_norm.clamp_min(eps))

@@ -17,6 +17,7 @@ from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
+from mixrec.train.device import on_device, resolve_device
 from mixrec.train.sampler import TrainingEdges, epoch_schedule, make_batches, training_edges
 from mixrec.train.step import train_step
 from mixrec.weights import compute_weight_sets
@@ -53,6 +54,10 @@ class Trainer:
         self.history: list[dict] = []
         self.start_epoch = 0
         self.best: tuple[float, int, dict[str, torch.Tensor]] | None = None
+        self.device = resolve_device(config.device)
+        if self.device.type != "cpu" and config.workers > 1:
+            raise ValueError(f"workers={config.workers}: HOGWILD worker processes train on the CPU; "
+                             f"use workers=1 with device={config.device!r}")
 
     # ----------------------------------------------------------------- main loop
     def fit(self, resume: bool = False) -> MixtureModel:
@@ -92,13 +97,14 @@ class Trainer:
         total, n_edges = 0.0, self.edges.total
         bar = tqdm(total=n_edges, unit="edge", unit_scale=True, disable=not self.progress,
                    desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
-        for i, batch in enumerate(make_batches(self.edges, self.config, epoch)):
-            loss = train_step(batch, self.model.tables, self.states, self.config)
-            total += loss
-            bar.update(len(batch.src))
-            if i % 20 == 0:
-                bar.set_postfix(loss=f"{loss / max(len(batch.src), 1):.4f}")
-            self._emit(TrainEvent("batch", epoch + 1, i, loss))
+        with on_device(self.model.tables, self.states, self.device) as (tables, states):
+            for i, batch in enumerate(make_batches(self.edges, self.config, epoch)):
+                loss = train_step(batch, tables, states, self.config)
+                total += loss
+                bar.update(len(batch.src))
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{loss / max(len(batch.src), 1):.4f}")
+                self._emit(TrainEvent("batch", epoch + 1, i, loss))
         bar.close()
         return total
 
@@ -148,8 +154,8 @@ class Trainer:
             return
         state = json.loads((ck / "state.json").read_text())
         saved = Config.from_dict(state["config"])
-        if saved.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every"}) != \
-                self.config.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every"}):
+        if saved.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every", "device"}) != \
+                self.config.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every", "device"}):
             raise ValueError(f"{ck}: checkpoint was trained with a different configuration; "
                              "resume with the same settings or train into a new --out directory")
         for t in self.model.tables:
@@ -165,7 +171,14 @@ class Trainer:
 
 def train(dataset: Dataset | str | Path, config: Config | None = None, out: str | Path | None = None, *,
           resume: bool = False, progress: bool = True, callbacks: Sequence[Callback] = ()) -> MixtureModel:
-    """Train a mixture model: ``model = mixrec.train(mixrec.Dataset.load("data/"), Config(), out="model/")``."""
+    """Train a mixture model: ``model = mixrec.train(mixrec.Dataset.load("data/"), Config(), out="model/")``.
+
+    With ``partitions.<type> > 1`` in the config, training runs from disk bucket by bucket
+    (:mod:`mixrec.train.partitioned`); a dataset directory is then streamed, never loaded whole.
+    """
+    if config is not None and config.partitioned:
+        from mixrec.train.partitioned import train_partitioned
+        return train_partitioned(dataset, config, out, resume=resume, progress=progress)
     if not isinstance(dataset, Dataset):
         dataset = Dataset.load(dataset)
     return Trainer(dataset, config or Config(), out, progress, callbacks).fit(resume=resume)

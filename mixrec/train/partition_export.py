@@ -1,0 +1,162 @@
+"""Writing a partitioned run as an ordinary model directory, streaming: no table or edge list is held whole.
+
+The files match :meth:`mixrec.model.MixtureModel.save` (unit-normalised embeddings, ids, eq. 5 mixture
+weights, training edges, ``config.toml``, ``model.json`` with checksums), so ``MixtureModel.load``,
+retrieval and serving read the result like any other model.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from mixrec.io import save_array, save_json, sha256
+from mixrec.model.functional import normalize, product
+from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
+from mixrec.weights import _merge, component_logits
+
+if TYPE_CHECKING:  # pragma: no cover
+    from mixrec.train.partitioned import PartitionedTrainer
+
+CHUNK = 65536  # edges scored at once for the mixture weights
+
+
+@contextlib.contextmanager
+def npy_writer(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> Iterator:
+    """Write a ``.npy`` file block by block along axis 0 (``write(block)``); renamed into place when complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    written = 0
+    with open(tmp, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                                  "fortran_order": False, "shape": shape})
+
+        def write(block: np.ndarray) -> None:
+            nonlocal written
+            fh.write(np.ascontiguousarray(block, dtype=dtype).tobytes())
+            written += len(block)
+
+        try:
+            yield write
+        except BaseException:
+            fh.close()
+            tmp.unlink(missing_ok=True)
+            raise
+    if written != shape[0]:
+        tmp.unlink(missing_ok=True)
+        raise ValueError(f"{path}: wrote {written} rows, expected {shape[0]}")
+    os.replace(tmp, path)
+
+
+class OnlineWeights:
+    """Eq. 5 accumulated over edge blocks in one pass: a running per-node max keeps ``exp`` in range."""
+
+    def __init__(self, n_nodes: int, n_components: int):
+        self.peak = torch.full((n_nodes,), -torch.inf, dtype=torch.float64)
+        self.acc = torch.zeros(n_nodes, n_components, dtype=torch.float64)
+
+    def add(self, node: torch.Tensor, x: torch.Tensor) -> None:
+        """Add log-contributions ``x`` (E, C) of nodes ``node`` (E,)."""
+        new = self.peak.clone().scatter_reduce_(0, node, x.amax(1), reduce="amax")
+        grow = torch.isfinite(self.peak) & (new > self.peak)
+        self.acc[grow] *= torch.exp(self.peak[grow] - new[grow]).unsqueeze(1)
+        self.peak = new
+        self.acc.index_add_(0, node, torch.exp(x - new[node].unsqueeze(1)))
+
+    def result(self) -> np.ndarray:
+        """(N, C) normalised weights; nodes without edges get uniform weights."""
+        total = self.acc.sum(1, keepdim=True)
+        uniform = torch.full_like(self.acc, 1.0 / self.acc.shape[1])
+        return torch.where(total > 0, self.acc / total.clamp_min(1e-300), uniform).float().numpy()
+
+
+def export_model(trainer: "PartitionedTrainer", out: Path) -> Path:
+    """Write ``trainer``'s partitions, weights and training edges as a model directory at ``out``."""
+    src, cfg, store = trainer.source, trainer.config, trainer.store
+    out.mkdir(parents=True, exist_ok=True)
+    for t, n in src.entities.items():
+        with npy_writer(out / "embeddings" / f"{t}.npy", np.float32, (n, cfg.components_of(t), cfg.dim)) as w:
+            for p in range(cfg.partitions_of(t)):
+                w(normalize(torch.from_numpy(np.array(store.read(t, p)))).numpy())
+        tmp = out / "ids" / f".{t}.parquet.tmp"
+        tmp.parent.mkdir(exist_ok=True)
+        with pq.ParquetWriter(tmp, pa.schema([("id", _id_type(src, t))])) as writer:
+            for block in src.ids(t):
+                writer.write_table(pa.table({"id": block}))
+        tmp.replace(out / "ids" / f"{t}.parquet")
+    weights = _weight_sets(trainer)
+    for name, per_type in weights.items():
+        for t, w in per_type.items():
+            save_array(out / "weights" / name / f"{t}.npy", w)
+    _write_train_edges(trainer, out / "train")
+    cfg.save(out / "config.toml")
+    files = sorted(p for p in out.rglob("*") if p.is_file() and _is_artifact(out, p))
+    save_json(out / "model.json", {
+        "format": MODEL_FORMAT,
+        "entities": {t: {"count": n, "components": cfg.components_of(t)} for t, n in src.entities.items()},
+        "relations": [r.__dict__ for r in src.relations],
+        "weight_sets": {name: sorted(w) for name, w in weights.items()},
+        "info": {"history": trainer.history, "edges": src.n_train, "best_epoch": None,
+                 "partitions": {t: cfg.partitions_of(t) for t in src.entities}},
+        "checksums": {str(p.relative_to(out)): sha256(p) for p in files},
+    })
+    return out
+
+
+def _id_type(src, t: str) -> pa.DataType:
+    return next(iter(src.ids(t))).type
+
+
+def _write_train_edges(trainer: "PartitionedTrainer", root: Path) -> None:
+    src = trainer.source
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(npy_writer(root / f"{k}.npy", np.int64, (src.n_train,)))
+                   for k in ("src", "dst", "rel")]
+        for chunk in src.train_chunks():
+            for w, a in zip(writers, chunk[:3]):
+                w(a)
+
+
+def _weight_sets(trainer: "PartitionedTrainer") -> dict[str, dict[str, np.ndarray]]:
+    """Eq. 5 for every configured weight set, one streaming pass over the buckets per set."""
+    src, cfg = trainer.source, trainer.config
+    names = [r.name for r in src.relations]
+    out = {}
+    for name, ws in cfg.weight_sets.items():
+        codes = [names.index(r) for r in (ws.relations or names)]
+        per_type: dict[str, list[np.ndarray]] = {}
+        for pair in sorted({(src.relations[c].source_type, src.relations[c].target_type) for c in codes}):
+            pair_codes = [c for c in codes if (src.relations[c].source_type, src.relations[c].target_type) == pair]
+            for t, w in zip(pair, _pair_weights(trainer, pair, pair_codes, ws.gamma, ws.form)):
+                per_type.setdefault(t, []).append(w)
+        out[name] = {t: _merge(parts) for t, parts in per_type.items()}
+    return out
+
+
+def _pair_weights(trainer: "PartitionedTrainer", pair: tuple[str, str], codes: list[int], gamma: float,
+                  form: str) -> tuple[np.ndarray, np.ndarray]:
+    """(w_source, w_target) of one type pair from the edges of relations ``codes``, bucket by bucket."""
+    cfg, store, buckets = trainer.config, trainer.store, trainer.buckets
+    (s_t, d_t), ent = pair, trainer.source.entities
+    acc = [OnlineWeights(ent[s_t], cfg.components_of(s_t)), OnlineWeights(ent[d_t], cfg.components_of(d_t))]
+    if max(cfg.components_of(s_t), cfg.components_of(d_t)) > 1:
+        with torch.no_grad():
+            for i in range(cfg.partitions_of(s_t)):
+                us = torch.from_numpy(np.array(store.read(s_t, i)))
+                for j in range(cfg.partitions_of(d_t)):
+                    ud = torch.from_numpy(np.array(store.read(d_t, j)))
+                    for c in codes:
+                        rec = buckets.read(c, i, j)
+                        for k in range(0, len(rec), CHUNK):
+                            s = torch.from_numpy(rec["src"][k:k + CHUNK].astype(np.int64))
+                            d = torch.from_numpy(rec["dst"][k:k + CHUNK].astype(np.int64))
+                            m = product(us[s], ud[d])
+                            acc[0].add(s + int(store.bounds[s_t][i]), component_logits(m, gamma, "source", form))
+                            acc[1].add(d + int(store.bounds[d_t][j]), component_logits(m, gamma, "target", form))
+    return acc[0].result(), acc[1].result()

@@ -1,0 +1,287 @@
+"""Partitioned, disk-backed training for graphs larger than memory (the PyTorch-BigGraph scheme).
+
+Each entity type ``t`` is cut into ``partitions.<t>`` contiguous index ranges. Training edges are bucketed
+on disk by (relation, source partition, destination partition); the embedding table and the row-wise
+Adagrad state of every partition live in ``.npy`` files under ``<out>/checkpoint/``. An epoch visits the
+buckets source partition by source partition (destination partitions in snake order, so one of them stays
+loaded across the switch), holds only the two partitions a bucket needs in memory, and draws uniform
+negatives from the bucket's destination partition, as PBG does. The result is an ordinary model directory.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from mixrec.config import Config
+from mixrec.data.dataset import Dataset
+from mixrec.io import load_array, save_array, save_json
+from mixrec.train.graph_source import GraphSource
+from mixrec.train.step import Batch, train_step
+
+log = logging.getLogger("mixrec.train.partitioned")
+RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device", "distributed"}  # may change on resume
+RECORD = np.dtype([("src", "<i8"), ("dst", "<i8"), ("weight", "<f4")])  # local indices within the bucket
+
+
+def partition_bounds(n: int, parts: int) -> np.ndarray:
+    """(parts + 1,) start offsets of ``parts`` contiguous, near-equal ranges of ``n`` entities."""
+    return (np.arange(parts + 1, dtype=np.int64) * n) // parts
+
+
+def partition_of(index: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Partition of each entity index under ``bounds`` (from :func:`partition_bounds`)."""
+    return np.searchsorted(bounds, index, side="right") - 1
+
+
+def snake_order(n_src: int, n_dst: int) -> list[tuple[int, int]]:
+    """Bucket visiting order: rows in turn, each row's columns reversed every other row (fewer swaps)."""
+    return [(i, j if i % 2 == 0 else n_dst - 1 - j) for i in range(n_src) for j in range(n_dst)]
+
+
+@dataclass
+class BucketIndex:
+    """Where the bucketed edges live and how many each bucket holds."""
+
+    root: Path
+    counts: dict[tuple[int, int, int], int] = field(default_factory=dict)  # (rel, i, j) -> edges
+
+    def path(self, rel: int, i: int, j: int) -> Path:
+        return self.root / f"r{rel}_{i}_{j}.bin"
+
+    def read(self, rel: int, i: int, j: int) -> np.ndarray:
+        """The bucket's records, read into memory (empty when the bucket has no edges)."""
+        if not self.counts.get((rel, i, j)):
+            return np.zeros(0, dtype=RECORD)
+        return np.fromfile(self.path(rel, i, j), dtype=RECORD)
+
+
+def bucket_edges(source: GraphSource, cfg: Config, root: Path) -> BucketIndex:
+    """Stream the train split once and append every edge (with omega(e)) to its bucket file under ``root``."""
+    root.mkdir(parents=True, exist_ok=True)
+    index = BucketIndex(root)
+    scale = source.weight_scale(cfg)
+    bounds = {t: partition_bounds(n, cfg.partitions_of(t)) for t, n in source.entities.items()}
+    for n_chunk, (src, dst, rel, w) in enumerate(source.train_chunks()):
+        if n_chunk % 10 == 0:
+            log.info("bucketing: %d edges so far", sum(index.counts.values()))
+        for code in np.unique(rel).tolist():
+            r = source.relations[code]
+            m = rel == code
+            s, d = src[m], dst[m]
+            weight = w[m] * scale[code](s, d)
+            ps, pd = partition_of(s, bounds[r.source_type]), partition_of(d, bounds[r.target_type])
+            key = ps * cfg.partitions_of(r.target_type) + pd
+            order = np.argsort(key, kind="stable")
+            cuts = np.flatnonzero(np.diff(key[order])) + 1
+            for block in np.split(order, cuts):
+                i, j = int(ps[block[0]]), int(pd[block[0]])
+                rec = np.empty(len(block), dtype=RECORD)
+                rec["src"] = s[block] - bounds[r.source_type][i]
+                rec["dst"] = d[block] - bounds[r.target_type][j]
+                rec["weight"] = weight[block]
+                with open(index.path(code, i, j), "ab") as fh:
+                    fh.write(rec.tobytes())
+                index.counts[(code, i, j)] = index.counts.get((code, i, j), 0) + len(block)
+    return index
+
+
+class PartitionStore:
+    """Embedding and Adagrad-state partitions as ``.npy`` files; loads on demand and writes back on release."""
+
+    def __init__(self, root: Path, cfg: Config, entities: dict[str, int]):
+        self.root, self.cfg = root, cfg
+        self.bounds = {t: partition_bounds(n, cfg.partitions_of(t)) for t, n in entities.items()}
+        self.loaded: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.io_seconds = 0.0
+
+    def paths(self, t: str, p: int) -> tuple[Path, Path]:
+        return self.root / f"{t}.{p}.npy", self.root / f"{t}.{p}.state.npy"
+
+    def size(self, t: str, p: int) -> int:
+        return int(self.bounds[t][p + 1] - self.bounds[t][p])
+
+    def initialise(self) -> None:
+        """Random components (std ``init_scale``) and zero state for every partition, seeded per partition."""
+        for t in self.bounds:
+            for p in range(len(self.bounds[t]) - 1):
+                g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + zlib.crc32(f"{t}/{p}".encode()))
+                tab = torch.randn(self.size(t, p), self.cfg.components_of(t), self.cfg.dim, generator=g)
+                tab_path, state_path = self.paths(t, p)
+                save_array(tab_path, tab.mul_(self.cfg.init_scale).numpy())
+                save_array(state_path, np.zeros(self.size(t, p), dtype=np.float32))
+
+    def get(self, t: str, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(table, state) of partition ``p`` of type ``t``, read from disk unless already loaded."""
+        if (t, p) not in self.loaded:
+            t0 = time.perf_counter()
+            tab_path, state_path = self.paths(t, p)
+            self.loaded[(t, p)] = (torch.from_numpy(np.array(load_array(tab_path, mmap=True))),
+                                   torch.from_numpy(np.array(load_array(state_path, mmap=True))))
+            self.io_seconds += time.perf_counter() - t0
+        return self.loaded[(t, p)]
+
+    def release(self, keep: Sequence[tuple[str, int]] = ()) -> None:
+        """Write back and drop every loaded partition not in ``keep``."""
+        for key in [k for k in self.loaded if k not in keep]:
+            t0 = time.perf_counter()
+            tab, state = self.loaded.pop(key)
+            tab_path, state_path = self.paths(*key)
+            save_array(tab_path, tab.numpy())
+            save_array(state_path, state.numpy())
+            self.io_seconds += time.perf_counter() - t0
+
+    def read(self, t: str, p: int) -> np.ndarray:
+        """Partition ``p`` of ``t`` as a read-only memory map (for export; nothing is loaded)."""
+        return load_array(self.paths(t, p)[0], mmap=True)
+
+
+class PartitionedTrainer:
+    """Trains bucket by bucket from ``source`` with state under ``work`` (``<out>/checkpoint``)."""
+
+    def __init__(self, source: GraphSource, config: Config, work: str | Path, progress: bool = True):
+        self.source, self.config, self.progress = source, config, progress
+        self.work = Path(work)
+        self.store = PartitionStore(self.work / "tables", config, source.entities)
+        self.buckets: BucketIndex | None = None
+        self.history: list[dict] = []
+        self.epochs_done = 0
+
+    def prepare(self, resume: bool = False) -> None:
+        """Bucket the edges and initialise the tables, or pick both up from a previous run when ``resume``."""
+        state_file = self.work / "state.json"
+        fingerprint = self.config.model_dump(exclude=RESUMABLE)
+        if resume and state_file.is_file():
+            state = json.loads(state_file.read_text())
+            if state["config"] != json.loads(json.dumps(fingerprint)):
+                raise ValueError(f"{state_file}: checkpoint was trained with a different configuration; "
+                                 "resume with the same settings or train into a new --out directory")
+            self.buckets = BucketIndex(self.work / "buckets",
+                                       {tuple(k): v for k, v in state["buckets"]})
+            self.history, self.epochs_done = state["history"], state["epochs_done"]
+            return
+        for d in ("buckets", "tables"):
+            for f in (self.work / d).glob("*") if (self.work / d).is_dir() else ():
+                f.unlink()
+        self.store.root.mkdir(parents=True, exist_ok=True)
+        self.buckets = bucket_edges(self.source, self.config, self.work / "buckets")
+        self.store.initialise()
+        self._save_state(fingerprint)
+
+    def plan(self) -> list[tuple[tuple[str, str], int, int]]:
+        """The buckets of one epoch in visiting order: ((source type, target type), i, j)."""
+        pairs = sorted({(r.source_type, r.target_type) for r in self.source.relations})
+        return [(pair, i, j) for pair in pairs
+                for i, j in snake_order(self.config.partitions_of(pair[0]), self.config.partitions_of(pair[1]))]
+
+    def run_bucket(self, epoch: int, pair: tuple[str, str], i: int, j: int,
+                   limit: int | None = None) -> tuple[float, int]:
+        """Train one bucket's edges (all relations of the type pair); returns (loss sum, edges trained).
+
+        ``limit`` stops after about that many edges (for measuring a fraction of a large bucket).
+        """
+        cfg, (s_t, d_t) = self.config, pair
+        codes = [c for c, r in enumerate(self.source.relations)
+                 if (r.source_type, r.target_type) == pair and cfg.relation(r.name).weight > 0]
+        recs = {c: self.buckets.read(c, i, j) for c in codes}
+        if not any(len(v) for v in recs.values()):
+            return 0.0, 0
+        keep = [(s_t, i), (d_t, j)]
+        self.store.release(keep)
+        (tab_s, st_s), (tab_d, st_d) = self.store.get(s_t, i), self.store.get(d_t, j)
+        tables, states = {"src": tab_s, "dst": tab_d}, {"src": st_s, "dst": st_d}
+        rng = np.random.default_rng([cfg.seed, epoch, zlib.crc32(f"{s_t}/{d_t}".encode()), i, j])
+        n_neg = self.store.size(d_t, j)
+        total, done = 0.0, 0
+        for code, pos in _bucket_schedule(recs, cfg.batch_size, rng):
+            if limit is not None and done >= limit:
+                break
+            r = recs[code][pos]
+            uniform = rng.integers(0, n_neg, size=cfg.negatives.uniform, dtype=np.int64)
+            batch = Batch("src", "dst", r["src"].astype(np.int64), r["dst"].astype(np.int64),
+                          r["weight"].astype(np.float32), uniform)
+            total += train_step(batch, tables, states, cfg)
+            done += len(pos)
+        return total, done
+
+    def run_epoch(self, epoch: int) -> dict:
+        """One pass over every bucket; returns the epoch's history record."""
+        t0, io0 = time.perf_counter(), self.store.io_seconds
+        loss, edges = 0.0, 0
+        plan = self.plan()
+        bar = tqdm(total=len(plan), unit="bucket", disable=not self.progress, leave=False,
+                   desc=f"epoch {epoch + 1}/{self.config.epochs}")
+        for pair, i, j in plan:
+            b_loss, b_edges = self.run_bucket(epoch, pair, i, j)
+            loss, edges = loss + b_loss, edges + b_edges
+            bar.update(1)
+        bar.close()
+        self.store.release()
+        secs = time.perf_counter() - t0
+        return {"epoch": epoch + 1, "loss": loss / max(edges, 1), "edges_per_s": edges / max(secs, 1e-9),
+                "seconds": secs, "io_seconds": self.store.io_seconds - io0, "buckets": len(plan)}
+
+    def fit(self, out: Path, resume: bool = False):
+        """Run the remaining epochs, then write the model directory ``out``; returns the loaded model."""
+        from mixrec.model.mixture import MixtureModel
+        from mixrec.train.partition_export import export_model
+        if self.source.has_valid and self.config.early_stopping.patience:
+            log.warning("partitioned training runs all %d epochs: early stopping needs the whole model in memory",
+                        self.config.epochs)
+        self.prepare(resume)
+        fingerprint = self.config.model_dump(exclude=RESUMABLE)
+        for epoch in range(self.epochs_done, self.config.epochs):
+            rec = self.run_epoch(epoch)
+            self.history.append(rec)
+            self.epochs_done = epoch + 1
+            log.info("epoch %d: %s", epoch + 1, rec)
+            self._save_state(fingerprint)
+        export_model(self, out)
+        return MixtureModel.load(out)
+
+    def _save_state(self, fingerprint: dict) -> None:
+        save_json(self.work / "state.json", {
+            "epochs_done": self.epochs_done, "history": self.history, "config": fingerprint,
+            "buckets": [[list(k), v] for k, v in sorted(self.buckets.counts.items())]})
+
+
+def _bucket_schedule(recs: dict[int, np.ndarray], batch_size: int,
+                     rng: np.random.Generator) -> Iterator[tuple[int, np.ndarray]]:
+    """Shuffled (relation, record positions) batches of one bucket."""
+    batches = []
+    for code, r in recs.items():
+        perm = rng.permutation(len(r))
+        batches.extend((code, perm[k:k + batch_size]) for k in range(0, len(r), batch_size))
+    for k in rng.permutation(len(batches)):
+        yield batches[k]
+
+
+def train_partitioned(dataset: Dataset | str | Path, config: Config, out: str | Path | None = None, *,
+                      resume: bool = False, progress: bool = True):
+    """Partitioned training (``partitions.<type> > 1``); the model is written to ``out`` and returned.
+
+    ``dataset`` is a dataset directory (its edges are streamed, never loaded whole) or a loaded
+    :class:`Dataset`. Without ``out`` the model directory goes to a temporary folder.
+    """
+    source = GraphSource.open(dataset)
+    if out is None:
+        with tempfile.TemporaryDirectory(prefix="mixrec-partitioned-") as tmp:
+            model = PartitionedTrainer(source, config, Path(tmp) / "checkpoint", progress).fit(Path(tmp) / "model")
+            model.tables = {t: v.clone() for t, v in model.tables.items()}
+            model.path = None
+            return model
+    out = Path(out)
+    return PartitionedTrainer(source, config, out / "checkpoint", progress).fit(out, resume=resume)
+
+
+__all__ = ["BucketIndex", "PartitionStore", "PartitionedTrainer", "bucket_edges", "partition_bounds",
+           "partition_of", "snake_order", "train_partitioned"]

@@ -1,0 +1,159 @@
+"""Partitioned, disk-backed training: partitions, buckets, streamed eq. 5 weights, export, learning and resume."""
+import numpy as np
+import pytest
+import torch
+
+from mixrec.config import Config, ConfigError
+from mixrec.data.dataset import Dataset, Edges, Relation
+from mixrec.evaluate.exact import sample_recall
+from mixrec.model import MixtureModel
+from mixrec.retrieve import Retriever
+from mixrec.train import partitioned as part
+from mixrec.train import train
+from mixrec.train.graph_source import GraphSource
+from mixrec.train.partition_export import OnlineWeights
+from mixrec.train.sampler import edge_weights
+from mixrec.weights import accumulate_weights, compute_weight_sets
+
+FAST = {"dim": 8, "epochs": 3, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32, "lr": 0.5,
+        "margin": 0.3, "early_stopping.patience": 0}
+
+
+def fast(**kw) -> Config:
+    return Config().with_overrides({**FAST, **kw})
+
+
+def test_partition_bounds_and_lookup_match_a_naive_loop():
+    bounds = part.partition_bounds(10, 3)
+    assert bounds.tolist() == [0, 3, 6, 10]
+    idx = np.arange(10)
+    naive = [next(p for p in range(3) if bounds[p] <= i < bounds[p + 1]) for i in idx]
+    assert part.partition_of(idx, bounds).tolist() == naive
+    assert part.snake_order(2, 3) == [(0, 0), (0, 1), (0, 2), (1, 2), (1, 1), (1, 0)]
+
+
+def test_config_partitions_validated_and_default_is_in_memory():
+    assert not Config().partitioned and Config().partitions_of("user") == 1
+    assert Config().with_overrides({"partitions.user": 3}).partitioned
+    with pytest.raises(ConfigError, match="partitions.user"):
+        Config().with_overrides({"partitions.user": 0})
+
+
+def test_every_train_edge_lands_once_in_its_bucket_with_its_weight(planted, tmp_path):
+    ds, _ = planted
+    cfg = fast(**{"partitions.user": 3, "partitions.item": 2, "relations.like.weight": 2.0,
+                  "relations.like.degree_exponent": 0.5})
+    source = GraphSource.open(ds)
+    index = part.bucket_edges(source, cfg, tmp_path)
+    b_user, b_item = part.partition_bounds(ds.num("user"), 3), part.partition_bounds(ds.num("item"), 2)
+    got = []
+    for (code, i, j), n in index.counts.items():
+        rec = index.read(code, i, j)
+        assert len(rec) == n and (rec["src"] < b_user[i + 1] - b_user[i]).all() and (rec["dst"] >= 0).all()
+        got += zip([code] * n, (rec["src"] + b_user[i]).tolist(), (rec["dst"] + b_item[j]).tolist(),
+                   rec["weight"].round(5).tolist())
+    train_e = ds.split("train")
+    want = []
+    for code, r in enumerate(ds.relations):
+        e = train_e.select(train_e.rel == code)
+        rc = cfg.relation(r.name)
+        w = edge_weights(e, rc.weight, rc.degree_exponent, ds.num("user"), ds.num("item"))
+        want += zip([code] * len(e), e.src.tolist(), e.dst.tolist(), w.round(5).tolist())
+    assert sorted(got) == sorted(want)
+
+
+def test_online_weights_equal_the_two_pass_reference():
+    rng = np.random.default_rng(0)
+    node = torch.from_numpy(rng.integers(0, 7, 300))
+    x = torch.from_numpy(rng.normal(size=(300, 3)) * 40)  # wide range: exp would overflow without shifting
+    x[node == 2] -= 900  # a node whose contributions all underflow a global shift
+    ref = accumulate_weights(lambda: iter([(node[:100], x[:100]), (node[100:], x[100:])]), 8, 3)
+    online = OnlineWeights(8, 3)
+    for k in range(0, 300, 37):
+        online.add(node[k:k + 37], x[k:k + 37])
+    got = online.result()
+    assert np.allclose(got, ref, atol=1e-6) and np.allclose(got[7], 1 / 3)  # node 7 has no edges: uniform
+
+
+def test_exported_model_matches_an_in_memory_model_of_the_same_tables(planted, tmp_path):
+    ds, _ = planted
+    cfg = fast(**{"partitions.user": 3, "partitions.item": 2, "epochs": 1})
+    trainer = part.PartitionedTrainer(GraphSource.open(ds), cfg, tmp_path / "work", progress=False)
+    trainer.prepare()
+    trainer.run_epoch(0)
+    from mixrec.train.partition_export import export_model
+    export_model(trainer, tmp_path / "model")
+    got = MixtureModel.load(tmp_path / "model")
+    tables = {t: torch.cat([torch.from_numpy(np.array(trainer.store.read(t, p)))
+                            for p in range(cfg.partitions_of(t))]) for t in ds.entity_types}
+    ref = MixtureModel.initialise(ds, cfg)
+    ref.tables = tables
+    ref_weights = compute_weight_sets(ref)
+    for t in ds.entity_types:
+        assert torch.allclose(got.tables[t], ref.vectors(t), atol=1e-6)
+        assert np.allclose(got.weights["all"][t], ref_weights["all"][t], atol=1e-5)
+        assert got.ids[t].tolist() == ds.ids[t].tolist()
+    for k in ("src", "dst", "rel"):
+        assert np.array_equal(np.sort(got.train_edges[k]), np.sort(getattr(ds.split("train"), k)))
+    assert got.info["partitions"] == {"user": 3, "item": 2}
+
+
+def test_buckets_hold_two_partitions_and_draw_negatives_from_the_destination_partition(planted, tmp_path,
+                                                                                       monkeypatch):
+    ds, _ = planted
+    cfg = fast(**{"partitions.user": 3, "partitions.item": 2, "epochs": 1})
+    trainer = part.PartitionedTrainer(GraphSource.open(ds), cfg, tmp_path, progress=False)
+    trainer.prepare()
+    seen = []
+    real_step = part.train_step
+
+    def spy(batch, tables, states, c):
+        seen.append((tuple(sorted(trainer.store.loaded)), tables["src"].shape[0], tables["dst"].shape[0],
+                     batch.src.max(), batch.dst.max(), batch.uniform.max()))
+        return real_step(batch, tables, states, c)
+
+    monkeypatch.setattr(part, "train_step", spy)
+    rec = trainer.run_epoch(0)
+    assert rec["buckets"] == 6 and len(trainer.store.loaded) == 0
+    assert {loaded for loaded, *_ in seen} == {(("item", j), ("user", i)) for i in range(3) for j in range(2)}
+    for loaded, n_s, n_d, s, d, u in seen:
+        assert s < n_s and d < n_d and u < n_d
+
+
+def test_partitioned_training_learns_and_serves(planted, tmp_path):
+    ds, _ = planted
+    ds.save(tmp_path / "data")
+    cfg = fast(epochs=4, **{"partitions.user": 2, "partitions.item": 2})
+    untrained = train(tmp_path / "data", cfg.with_overrides({"epochs": 0}), tmp_path / "m0", progress=False)
+    model = train(tmp_path / "data", cfg, tmp_path / "m", progress=False)  # streamed from the directory
+    r0 = sample_recall(untrained, ds, "test", 20, 10_000, 0)
+    r1 = sample_recall(model, ds, "test", 20, 10_000, 0)
+    assert r1 > 2 * r0 and r1 > 0.15
+    losses = [h["loss"] for h in model.info["history"]]
+    assert losses[-1] < losses[0]
+    cand = Retriever(MixtureModel.load(tmp_path / "m")).recommend([0, 1], k=10)
+    assert cand.items.shape == (2, 10)
+
+
+def test_resume_continues_to_the_same_model(planted, tmp_path):
+    ds, _ = planted
+    cfg = fast(epochs=2, **{"partitions.user": 2})
+    straight = train(ds, cfg, tmp_path / "a", progress=False)
+    train(ds, cfg.with_overrides({"epochs": 1}), tmp_path / "b", progress=False)
+    resumed = train(ds, cfg, tmp_path / "b", resume=True, progress=False)
+    for t in straight.tables:
+        assert torch.equal(straight.tables[t], resumed.tables[t])
+    with pytest.raises(ValueError, match="different configuration"):
+        train(ds, cfg.with_overrides({"dim": 4}), tmp_path / "b", resume=True, progress=False)
+
+
+def test_same_type_relation_and_unsupported_edge_weight(tmp_path):
+    rng = np.random.default_rng(0)
+    src, dst = rng.integers(0, 40, 300), rng.integers(0, 40, 300)
+    ds = Dataset({"user": np.arange(40)}, [Relation("friend", "user", "user")],
+                 {"train": Edges(src, dst, np.zeros(300, np.int64), np.ones(300, np.float32))})
+    model = train(ds, fast(epochs=1, **{"partitions.user": 2}), tmp_path / "m", progress=False)
+    assert model.tables["user"].shape == (40, 4, 8) and model.weights["all"]["user"].shape == (40, 4)
+    with pytest.raises(ValueError, match="only the 'default' edge weight"):
+        train(ds, fast(**{"partitions.user": 2, "relations.friend.edge_weight": "other"}), tmp_path / "n",
+              progress=False)
