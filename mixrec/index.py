@@ -45,13 +45,6 @@ class ComponentIndex:
         index.add(flat)
         return cls(index, n, cd, config)
 
-    BUILD_FIELDS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction"), "ivf": ("nlist",)}
-
-    def built_like(self, config: IndexConfig) -> bool:
-        """True when ``config`` would build this same index (search-time parameters may differ)."""
-        return config.kind == self.config.kind and all(
-            getattr(config, f) == getattr(self.config, f) for f in self.BUILD_FIELDS[config.kind])
-
     @property
     def is_exact(self) -> bool:
         return self.config.kind == "flat"
@@ -83,12 +76,26 @@ class ComponentIndex:
         save_json(path.with_suffix(".json"), {"n_items": self.n_items, "components": self.components,
                                               "config": self.config.model_dump()})
 
+    @staticmethod
+    def read_meta(path: str | Path) -> tuple[int, int, IndexConfig]:
+        """(items, components, config it was built with) from the JSON sidecar, without reading the index."""
+        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        return meta["n_items"], meta["components"], IndexConfig(**meta["config"])
+
     @classmethod
-    def load(cls, path: str | Path) -> "ComponentIndex":
-        path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
-        return cls(index, meta["n_items"], meta["components"], IndexConfig(**meta["config"]))
+    def load(cls, path: str | Path, config: IndexConfig | None = None) -> "ComponentIndex":
+        """Read a saved index; ``config`` (default: the saved one) sets the search-time parameters and device."""
+        n_items, components, saved = cls.read_meta(path)
+        index = faiss.deserialize_index(np.fromfile(Path(path), dtype=np.uint8))
+        return cls(index, n_items, components, config or saved)
+
+
+BUILD_FIELDS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction"), "ivf": ("nlist",)}
+
+
+def same_build(a: IndexConfig, b: IndexConfig) -> bool:
+    """True when both configs build the same index (search-time parameters and the device may differ)."""
+    return a.kind == b.kind and all(getattr(a, f) == getattr(b, f) for f in BUILD_FIELDS[a.kind])
 
 
 def gpu_resources():

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from mixrec.config import IndexConfig
 from mixrec.evaluate.exact import csr_rows
-from mixrec.index import ComponentIndex
+from mixrec.index import ComponentIndex, same_build
 
 
 @dataclass
@@ -152,10 +152,10 @@ def load_or_build_index(model, target_type: str, config: IndexConfig) -> Compone
     if model.path is not None:
         path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
         if path.is_file():
-            idx = ComponentIndex.load(path)
-            if idx.built_like(config) and idx.n_items == model.num(target_type):
+            n_items, _, saved = ComponentIndex.read_meta(path)
+            if same_build(saved, config) and n_items == model.num(target_type):
                 # search-time parameters (efSearch, nprobe) and the device need no rebuild
-                return ComponentIndex(idx.index, idx.n_items, idx.components, config)
+                return ComponentIndex.load(path, config)
     idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
     if path is not None:
         path.parent.mkdir(exist_ok=True)

@@ -64,15 +64,14 @@ class ReloadBroadcast:
         return t
 
 
-def _listen(host: str, port: int, reuse_port: bool) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _listen_shared(host: str, port: int) -> socket.socket:
+    """A listening socket with SO_REUSEPORT: every worker gets its own accept queue on the same port and
+    the kernel spreads connections over them."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:  # every worker gets its own accept queue; the kernel spreads connections over them
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind((host.strip("[]"), port))
     sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
@@ -84,7 +83,7 @@ def _worker(settings_json: str, control: str, log_level: str) -> None:
     configure_threads()
     settings = ServeSettings.model_validate_json(settings_json)
     app = create_app(settings, broadcast=ReloadBroadcast(control))
-    sock = _listen(settings.host, settings.port, reuse_port=True)
+    sock = _listen_shared(settings.host, settings.port)
     uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                   timeout_graceful_shutdown=10)).run(sockets=[sock])
 

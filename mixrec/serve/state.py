@@ -67,7 +67,6 @@ class Snapshot:
     target_tensor: torch.Tensor
     users: IdLookup
     items: IdLookup
-    weight_sets: list[str]
     foldin: FoldInSettings
     set_weights: dict[str, tuple[np.ndarray, np.ndarray]]  # set -> (w_source, w_target), materialised once
 
@@ -103,7 +102,7 @@ class Snapshot:
         return cls(model=model, path=path, version=version, index=index,
                    source_vectors=model.vectors(model.source_type).numpy(), target_vectors=target.numpy(),
                    target_tensor=target, users=IdLookup(model.ids[model.source_type]),
-                   items=IdLookup(model.ids[model.target_type]), weight_sets=sets, foldin=foldin or FoldInSettings(),
+                   items=IdLookup(model.ids[model.target_type]), foldin=foldin or FoldInSettings(),
                    set_weights=set_weights)
 
     # ----------------------------------------------------------------- queries
@@ -114,6 +113,10 @@ class Snapshot:
     @property
     def n_items(self) -> int:
         return self.model.num(self.model.target_type)
+
+    @property
+    def weight_sets(self) -> list[str]:
+        return list(self.set_weights)
 
     def weights(self, weight_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(w_source, w_target) of a weight set; KeyError names the available sets."""
