@@ -11,7 +11,7 @@ import torch
 from mixrec.config import Config
 from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, margin_loss, normalize, pool, product, product_all
 from mixrec.train.step import rowwise_adagrad_
-from mixrec.weights import accumulate_weights, component_logits
+from mixrec.weights import OnlineWeights, component_logits
 
 DEFAULT_STEPS = 100
 DEFAULT_NEGATIVES = 256
@@ -86,11 +86,9 @@ def foldin_weights(us: torch.Tensor, items: torch.Tensor, hist: np.ndarray, edge
     node = torch.as_tensor(rows, dtype=torch.int64)
     with torch.no_grad():
         m = product(normalize(us[node]), items[torch.as_tensor(hist[rows, cols])], normalized=True)
-        x = component_logits(m, gamma, "source", form)
-
-    def chunks():
-        yield node, x
-    return accumulate_weights(chunks, b, cs)
+        acc = OnlineWeights(b, cs)
+        acc.add(node, component_logits(m, gamma, "source", form))
+    return acc.result()
 
 
 def kmeans_init(points: torch.Tensor, mask: torch.Tensor, k: int, iters: int = 10) -> torch.Tensor:

@@ -1,8 +1,6 @@
 """Mixture weights (section 3.4, eq. 5): per-node component weights computed from training edges after training."""
 from __future__ import annotations
 
-from typing import Callable, Iterator
-
 import numpy as np
 import torch
 
@@ -29,28 +27,27 @@ def component_logits(m: torch.Tensor, gamma: float, side: str, form: str = "sum"
     return x
 
 
-def _scatter_max(node: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
-    out.scatter_reduce_(0, node.unsqueeze(1).expand_as(x), x, reduce="amax", include_self=True)
+class OnlineWeights:
+    """Eq. 5 accumulated over edge blocks in one pass: a running per-node max keeps ``exp`` in range,
+    so any number of edges fits in memory and each block is computed once."""
 
+    def __init__(self, n_nodes: int, n_components: int):
+        self.peak = torch.full((n_nodes,), -torch.inf, dtype=torch.float64)
+        self.acc = torch.zeros(n_nodes, n_components, dtype=torch.float64)
 
-def accumulate_weights(chunks: Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]], n_nodes: int,
-                       n_components: int) -> np.ndarray:
-    """Normalised weights from log-contributions: w_nc = sum_e exp(x_ec) / sum_c' (...) per node.
+    def add(self, node: torch.Tensor, x: torch.Tensor) -> None:
+        """Add log-contributions ``x`` (E, C) of nodes ``node`` (E,)."""
+        new = self.peak.clone().scatter_reduce_(0, node, x.amax(1), reduce="amax")
+        grow = torch.isfinite(self.peak) & (new > self.peak)
+        self.acc[grow] *= torch.exp(self.peak[grow] - new[grow]).unsqueeze(1)
+        self.peak = new
+        self.acc.index_add_(0, node, torch.exp(x - new[node].unsqueeze(1)))
 
-    ``chunks()`` yields ``(node index (E,), x (E, C))`` and is called twice (max pass, sum pass), so any
-    number of edges fits in memory. Nodes without edges get uniform weights.
-    """
-    peak = torch.full((n_nodes, n_components), -torch.inf, dtype=torch.float64)
-    for node, x in chunks():
-        _scatter_max(node, x, peak)
-    peak = peak.amax(1)
-    acc = torch.zeros(n_nodes, n_components, dtype=torch.float64)
-    for node, x in chunks():
-        acc.index_add_(0, node, torch.exp(x - peak[node].unsqueeze(1)))
-    total = acc.sum(1, keepdim=True)
-    uniform = torch.full_like(acc, 1.0 / n_components)
-    w = torch.where(total > 0, acc / total.clamp_min(1e-300), uniform)
-    return w.float().numpy()
+    def result(self) -> np.ndarray:
+        """(N, C) normalised weights w_nc = sum_e exp(x_ec) / sum_c' (...); nodes without edges get uniform weights."""
+        total = self.acc.sum(1, keepdim=True)
+        uniform = torch.full_like(self.acc, 1.0 / self.acc.shape[1])
+        return torch.where(total > 0, self.acc / total.clamp_min(1e-300), uniform).float().numpy()
 
 
 def mixture_weights(us: torch.Tensor, ud: torch.Tensor, src: np.ndarray, dst: np.ndarray, gamma: float,
@@ -61,19 +58,14 @@ def mixture_weights(us: torch.Tensor, ud: torch.Tensor, src: np.ndarray, dst: np
     of the chosen task set T'.
     """
     src_t, dst_t = torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64)
-
-    def side_chunks(side: str):
-        def gen():
-            with torch.no_grad():
-                for i in range(0, len(src_t), chunk):
-                    s, d = src_t[i:i + chunk], dst_t[i:i + chunk]
-                    m = product(us[s], ud[d])
-                    yield (s if side == "source" else d), component_logits(m, gamma, side, form)
-        return gen
-
-    w_s = accumulate_weights(side_chunks("source"), us.shape[0], us.shape[1])
-    w_d = accumulate_weights(side_chunks("target"), ud.shape[0], ud.shape[1])
-    return w_s, w_d
+    acc_s, acc_d = OnlineWeights(us.shape[0], us.shape[1]), OnlineWeights(ud.shape[0], ud.shape[1])
+    with torch.no_grad():
+        for i in range(0, len(src_t), chunk):  # each block's products once, for both sides
+            s, d = src_t[i:i + chunk], dst_t[i:i + chunk]
+            m = product(us[s], ud[d])
+            acc_s.add(s, component_logits(m, gamma, "source", form))
+            acc_d.add(d, component_logits(m, gamma, "target", form))
+    return acc_s.result(), acc_d.result()
 
 
 def compute_weight_sets(model) -> dict[str, dict[str, np.ndarray]]:

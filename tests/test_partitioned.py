@@ -11,9 +11,8 @@ from mixrec.retrieve import Retriever
 from mixrec.train import partitioned as part
 from mixrec.train import train
 from mixrec.train.graph_source import GraphSource
-from mixrec.train.partition_export import OnlineWeights
 from mixrec.train.sampler import edge_weights
-from mixrec.weights import accumulate_weights, compute_weight_sets
+from mixrec.weights import OnlineWeights, compute_weight_sets
 
 FAST = {"dim": 8, "epochs": 3, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32, "lr": 0.5,
         "margin": 0.3, "early_stopping.patience": 0}
@@ -62,12 +61,24 @@ def test_every_train_edge_lands_once_in_its_bucket_with_its_weight(planted, tmp_
     assert sorted(got) == sorted(want)
 
 
+def two_pass_weights(blocks, n_nodes: int, n_components: int) -> np.ndarray:
+    """Reference for eq. 5's normalisation: a max pass, then a shifted sum pass over the same blocks."""
+    peak = torch.full((n_nodes,), -torch.inf, dtype=torch.float64)
+    for node, x in blocks:
+        peak.scatter_reduce_(0, node, x.amax(1), reduce="amax")
+    acc = torch.zeros(n_nodes, n_components, dtype=torch.float64)
+    for node, x in blocks:
+        acc.index_add_(0, node, torch.exp(x - peak[node].unsqueeze(1)))
+    total = acc.sum(1, keepdim=True)
+    return torch.where(total > 0, acc / total.clamp_min(1e-300), torch.full_like(acc, 1 / n_components)).numpy()
+
+
 def test_online_weights_equal_the_two_pass_reference():
     rng = np.random.default_rng(0)
     node = torch.from_numpy(rng.integers(0, 7, 300))
     x = torch.from_numpy(rng.normal(size=(300, 3)) * 40)  # wide range: exp would overflow without shifting
     x[node == 2] -= 900  # a node whose contributions all underflow a global shift
-    ref = accumulate_weights(lambda: iter([(node[:100], x[:100]), (node[100:], x[100:])]), 8, 3)
+    ref = two_pass_weights([(node[:100], x[:100]), (node[100:], x[100:])], 8, 3)
     online = OnlineWeights(8, 3)
     for k in range(0, 300, 37):
         online.add(node[k:k + 37], x[k:k + 37])

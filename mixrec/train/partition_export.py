@@ -19,7 +19,7 @@ import torch
 from mixrec.io import save_array, save_json, sha256
 from mixrec.model.functional import normalize, product
 from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
-from mixrec.weights import _merge, component_logits
+from mixrec.weights import OnlineWeights, _merge, component_logits
 
 if TYPE_CHECKING:  # pragma: no cover
     from mixrec.train.partitioned import PartitionedTrainer
@@ -52,28 +52,6 @@ def npy_writer(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> Iterator:
         tmp.unlink(missing_ok=True)
         raise ValueError(f"{path}: wrote {written} rows, expected {shape[0]}")
     os.replace(tmp, path)
-
-
-class OnlineWeights:
-    """Eq. 5 accumulated over edge blocks in one pass: a running per-node max keeps ``exp`` in range."""
-
-    def __init__(self, n_nodes: int, n_components: int):
-        self.peak = torch.full((n_nodes,), -torch.inf, dtype=torch.float64)
-        self.acc = torch.zeros(n_nodes, n_components, dtype=torch.float64)
-
-    def add(self, node: torch.Tensor, x: torch.Tensor) -> None:
-        """Add log-contributions ``x`` (E, C) of nodes ``node`` (E,)."""
-        new = self.peak.clone().scatter_reduce_(0, node, x.amax(1), reduce="amax")
-        grow = torch.isfinite(self.peak) & (new > self.peak)
-        self.acc[grow] *= torch.exp(self.peak[grow] - new[grow]).unsqueeze(1)
-        self.peak = new
-        self.acc.index_add_(0, node, torch.exp(x - new[node].unsqueeze(1)))
-
-    def result(self) -> np.ndarray:
-        """(N, C) normalised weights; nodes without edges get uniform weights."""
-        total = self.acc.sum(1, keepdim=True)
-        uniform = torch.full_like(self.acc, 1.0 / self.acc.shape[1])
-        return torch.where(total > 0, self.acc / total.clamp_min(1e-300), uniform).float().numpy()
 
 
 def export_model(trainer: "PartitionedTrainer", out: Path) -> Path:

@@ -27,9 +27,10 @@ from mixrec.data.dataset import Dataset
 from mixrec.io import load_array, save_array, save_json
 from mixrec.train.graph_source import GraphSource
 from mixrec.train.step import Batch, train_step
+from mixrec.train.trainer import RESUMABLE as TRAINER_RESUMABLE
 
 log = logging.getLogger("mixrec.train.partitioned")
-RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device", "distributed"}  # may change on resume
+RESUMABLE = TRAINER_RESUMABLE | {"distributed"}  # config keys a resume may change
 RECORD = np.dtype([("src", "<i8"), ("dst", "<i8"), ("weight", "<f4")])  # local indices within the bucket
 
 

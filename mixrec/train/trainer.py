@@ -24,6 +24,7 @@ from mixrec.weights import compute_weight_sets
 
 log = logging.getLogger("mixrec.train")
 CHECKPOINT = "checkpoint"
+RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device"}  # config keys a resume may change
 
 
 @dataclass
@@ -154,8 +155,7 @@ class Trainer:
             return
         state = json.loads((ck / "state.json").read_text())
         saved = Config.from_dict(state["config"])
-        if saved.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every", "device"}) != \
-                self.config.model_dump(exclude={"epochs", "workers", "early_stopping", "eval_every", "device"}):
+        if saved.model_dump(exclude=RESUMABLE) != self.config.model_dump(exclude=RESUMABLE):
             raise ValueError(f"{ck}: checkpoint was trained with a different configuration; "
                              "resume with the same settings or train into a new --out directory")
         for t in self.model.tables:
