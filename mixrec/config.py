@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -117,21 +117,13 @@ class Config(_Strict):
                                        "for any type trains from disk bucket by bucket (default 1: in memory)")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
-    @field_validator("components")
+    @field_validator("components", "partitions")
     @classmethod
-    def _positive_components(cls, v: dict[str, int]) -> dict[str, int]:
+    def _positive_per_type(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
         for k, c in v.items():
             if int(c) < 1:
-                raise ValueError(f"components.{k} must be >= 1, got {c}")
+                raise ValueError(f"{info.field_name}.{k} must be >= 1, got {c}")
         return {k: int(c) for k, c in v.items()}
-
-    @field_validator("partitions")
-    @classmethod
-    def _positive_partitions(cls, v: dict[str, int]) -> dict[str, int]:
-        for k, p in v.items():
-            if int(p) < 1:
-                raise ValueError(f"partitions.{k} must be >= 1, got {p}")
-        return {k: int(p) for k, p in v.items()}
 
     # ----------------------------------------------------------------- helpers
     def components_of(self, entity_type: str) -> int:
