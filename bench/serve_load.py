@@ -41,19 +41,13 @@ def exact_recall(model, vectors: np.ndarray, exclude: list[np.ndarray], truth: l
     """Recall@k of exact pooled-score ranking for arbitrary user vectors (B, C_s, n), history excluded."""
     import torch
 
+    from mixrec.evaluate.exact import exact_topk
     from mixrec.evaluate.metrics import ranking_metrics
-    from mixrec.model.functional import ALL_DIMS, pool, product_all
-    cfg, vt = model.config, model.vectors(model.target_type)
-    tops = []
-    with torch.no_grad():
-        for lo in range(0, len(vectors), 256):
-            m = product_all(torch.as_tensor(vectors[lo:lo + 256]), vt, normalized=True)
-            s = pool(m, cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form, dims=ALL_DIMS)
-            for j, ex in enumerate(exclude[lo:lo + 256]):
-                s[j, torch.as_tensor(ex)] = -torch.inf
-            tops.append(torch.topk(s, k, dim=1).indices.numpy())
+    ex_ptr = np.concatenate([[0], np.cumsum([len(e) for e in exclude])])
+    top, _ = exact_topk(model, np.arange(len(vectors)), k, (ex_ptr, np.concatenate(exclude)),
+                        source_vectors=torch.as_tensor(vectors))
     indptr = np.concatenate([[0], np.cumsum([len(t) for t in truth])])
-    return ranking_metrics(np.concatenate(tops), indptr, np.concatenate(truth), [k])[f"recall@{k}"]
+    return ranking_metrics(top, indptr, np.concatenate(truth), [k])[f"recall@{k}"]
 
 
 def retrieval_recall(model, vectors, weights, exclude, truth, k: int = 20) -> float:

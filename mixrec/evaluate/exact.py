@@ -19,15 +19,18 @@ def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple
 
 def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None, *,
                pooling: str | None = None, target_type: str | None = None, batch: int = 256,
-               progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               progress: bool = False, source_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` targets per user by exact pooled score over all items; ``exclude`` is a CSR of items to skip.
+
+    ``source_vectors`` (U', C_s, n) unit: score these instead of the model's source table (``users`` then
+    index into them), e.g. folded-in users.
 
     Returns (items (U, k) int64, scores (U, k) float32); unfilled slots hold -1 / -inf.
     """
     cfg = model.config
     t_type = target_type or model.target_type
     vt = model.vectors(t_type)
-    us_all = model.vectors(model.source_type)
+    us_all = model.vectors(model.source_type) if source_vectors is None else source_vectors
     n = vt.shape[0]
     k_eff = min(k, n)
     out_i = np.full((len(users), k), -1, dtype=np.int64)
