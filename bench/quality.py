@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from mixrec.baselines import (ALSParams, factor_topk, fit_als, holdout_split, popularity_topk,  # noqa: E402
                               tune_als)
-from mixrec.config import Config  # noqa: E402
+from mixrec.config import Config, parse_overrides  # noqa: E402
 from mixrec.data.dataset import Dataset  # noqa: E402
 from mixrec.data.ingest import ingest  # noqa: E402
 from mixrec.evaluate import evaluate, evaluate_topk, load_item_labels  # noqa: E402
@@ -56,6 +56,15 @@ ABLATIONS = {  # on ml1m, mixture at fixed C x dim = 64 unless the row says othe
         ("regsmoothmax theta=0", {"pooling": "regsmoothmax", "theta": 0.0}),
         ("regsmoothmax theta=0.1", {"pooling": "regsmoothmax", "theta": 0.1}),
         ("regsmoothmax theta=0.3", {"pooling": "regsmoothmax", "theta": 0.3}))},
+    "loss": {name: {"components.user": 4, "components.item": 1, "dim": 16, **over} for name, over in (
+        ("margin (paper)", {}),
+        ("softmax T=0.1, log-Q, mixed negatives", {"loss": "softmax", "temperature": 0.1}),
+        ("softmax T=0.05, log-Q, mixed negatives", {"loss": "softmax", "temperature": 0.05}),
+        ("softmax T=0.1, no log-Q", {"loss": "softmax", "temperature": 0.1, "logq": False}),
+        ("softmax T=0.1, log-Q, uniform negatives only", {"loss": "softmax", "temperature": 0.1,
+                                                          "negatives.batch": 0}))},
+    "sides": {name: {"components.user": 4, "components.item": 1, "dim": 16, **over} for name, over in (
+        ("one-sided (paper)", {}), ("two-sided", {"negatives.two_sided": True}))},
 }
 ALS_GRID = [ALSParams(factors=f, regularization=r, alpha=a) for f in (64, 128) for r in (0.1, 1.0, 10.0)
             for a in (10.0, 40.0)]
@@ -233,8 +242,8 @@ def run(a) -> list[dict]:
                 _report(rows, a.rows, a.command)
             for m in a.models if variant is None else a.variant_models:
                 epochs = a.epochs if variant is None else a.variant_epochs
-                over = dict(MODELS[m], **({"epochs": epochs} if epochs else {}))
-                rows += b.mixrec(m, over)
+                over = dict(MODELS[m], **({"epochs": epochs} if epochs else {}), **a.overrides)
+                rows += b.mixrec(m + a.label_suffix, over)
                 _report(rows, a.rows, a.command)
             for abl in a.ablations if variant is None else []:
                 for label, over in ABLATIONS[abl].items():
@@ -269,6 +278,8 @@ def main() -> None:
     p.add_argument("--baselines", nargs="*", default=["popularity", "als"], choices=["popularity", "als"])
     p.add_argument("--als-grid", default="full", choices=["full", "small"],
                    help="ALS tuning grid: full (12 points) or small (factors 64/128 x reg 1/10, alpha 10)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for the main models (e.g. loss=softmax); appended to their labels")
     p.add_argument("--ablations", nargs="*", default=[], choices=list(ABLATIONS))
     p.add_argument("--epochs", type=int, default=None, help="override the default epochs of the main models")
     p.add_argument("--variants", nargs="+", default=["main", "buy-only"], choices=["main", "buy-only"],
@@ -290,6 +301,8 @@ def main() -> None:
     from quality_doc import write_doc  # noqa: E402  (bench/ is on sys.path when run as a script)
 
     t0 = time.perf_counter()
+    a.overrides = parse_overrides(a.set)
+    a.label_suffix = "".join(f" {k}={v}" for k, v in a.overrides.items())
     command = a.command = "python bench/quality.py " + " ".join(f"'{x}'" if " " in x else x for x in sys.argv[1:])
     if a.collect:
         rows = collect(Path(a.collect[0]), a.collect[1], DATASETS[a.collect[1].split(" ")[0]]["k"])

@@ -1,12 +1,13 @@
-"""Where one training step spends its time: the autograd path against the closed-form (fused) path.
+"""Where one training step spends its time: the autograd path, the closed-form (fused) path, compiled or not.
 
     python bench/train_profile.py                      # single and mixture, 100 batches each
     python bench/train_profile.py --models mixture --batches 200 --rows 15
 
 Same graph and settings as bench/train_speed.py (dim 64, batches of 1000, 50 + 50 negatives), one thread.
 "autograd" is the step as it was first written (eq. 3 through autograd, then row-wise Adagrad);
-"fused" is :func:`mixrec.train.step.train_step` (closed-form gradients). Both run over the same batches,
-interleaved, from the same initial tables; the report gives edges per CPU-second (process time, less
+"fused" is :func:`mixrec.train.step.train_step` (closed-form gradients); "compiled" the same step with
+``compile = true`` (torch.compile of :func:`mixrec.train.fused.fused_grads`, compiled before timing). All run
+over the same batches, interleaved, from the same initial tables; the report gives edges per CPU-second (process time, less
 sensitive to other processes on a shared machine than wall time), their ratio, and a torch.profiler table
 of each path's operators by self CPU time.
 """
@@ -39,7 +40,7 @@ def autograd_step(batch, tables, states, cfg) -> float:
     return float(loss.detach())
 
 
-PATHS = {"autograd": autograd_step, "fused": train_step}
+PATHS = {"autograd": autograd_step, "fused": train_step, "compiled": train_step}
 
 
 def run(step, ds, cfg, batches) -> float:
@@ -72,17 +73,22 @@ def main() -> None:
     ds = load_dataset(build_graph(args.work))
     for name in args.models:
         cfg = mixrec_config(name, 1, 1)
+        cfgs = {p: cfg.with_overrides({"compile": p == "compiled"}) for p in PATHS}
         batches = list(make_batches(training_edges(ds, cfg), cfg, 0))[:args.batches]
+        t0 = time.perf_counter()
+        run(train_step, ds, cfgs["compiled"], batches[:4])
+        print(f"{name}: compiling the step took {time.perf_counter() - t0:.1f} s", flush=True)
         best = {p: 0.0 for p in PATHS}
         for _ in range(args.repeats):
             for p, step in PATHS.items():
-                best[p] = max(best[p], run(step, ds, cfg, batches))
+                best[p] = max(best[p], run(step, ds, cfgs[p], batches))
         print(f"\n== {name}: edges per CPU-second, one thread: "
               + ", ".join(f"{p} {v:,.0f}" for p, v in best.items())
-              + f"; fused / autograd = {best['fused'] / best['autograd']:.2f}x")
+              + f"; fused / autograd = {best['fused'] / best['autograd']:.2f}x"
+              + f"; compiled / fused = {best['compiled'] / best['fused']:.2f}x", flush=True)
         for p, step in PATHS.items():
             print(f"\n-- {name}, {p}: top operators by self CPU time over {len(batches)} batches")
-            print(profile_path(step, ds, cfg, batches, args.rows))
+            print(profile_path(step, ds, cfgs[p], batches, args.rows))
 
 
 if __name__ == "__main__":

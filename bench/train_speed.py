@@ -86,15 +86,16 @@ def load_dataset(graph: Path) -> Dataset:
 
 
 # --------------------------------------------------------------------- the two systems
-def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu") -> Config:
+def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", compile_step: bool = False) -> Config:
     cs, cd = SHAPES[model]
     return Config().with_overrides({
         "dim": DIM, "components": {"user": cs, "item": cd}, "epochs": epochs, "batch_size": BATCH,
         "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "lr": 0.1, "margin": 0.1, "init_scale": 0.1,
-        "workers": workers, "early_stopping.patience": 0, "device": device})
+        "workers": workers, "early_stopping.patience": 0, "device": device, "compile": compile_step})
 
 
-def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str, name: str) -> None:
+def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str, name: str,
+                 compile_step: bool = False) -> None:
     """Train mixrec in this (child) process; writes embeddings and result.json under work/NAME-MODEL."""
     from mixrec.train.trainer import Trainer
     torch.set_num_threads(1)
@@ -103,7 +104,7 @@ def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str,
     ds = load_dataset(work / "graph")
     cpu = [tree_cpu_seconds()]
     t0 = time.perf_counter()
-    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device), None, progress=False,
+    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step), None, progress=False,
                       callbacks=[lambda ev: ev.kind == "epoch" and cpu.append(tree_cpu_seconds())])
     trained = trainer.fit()
     wall = time.perf_counter() - t0
@@ -226,6 +227,9 @@ def run_all(args) -> dict:
         systems = [("mixrec", cmd + ["--workers", str(args.workers)], None)]
         if args.scaling:
             systems.append(("mixrec-1worker", cmd + ["--workers", "1", "--name", "mixrec-1worker"], None))
+        if args.compile:
+            systems.append(("mixrec-compiled", cmd + ["--workers", str(args.workers), "--name", "mixrec-compiled",
+                                                      "--compile"], None))
         if pbg_py:
             pbg = [str(pbg_py), str(HERE / "pbg_run.py"), str(work), "--model", model, "--epochs", str(args.epochs),
                    "--workers", str(args.workers)]
@@ -272,8 +276,11 @@ def print_report(rep: dict) -> None:
         if a and one:
             print(f"HOGWILD scaling {model}: {rep['workers']} workers / 1 worker = "
                   f"{a['edges_per_s'] / one['edges_per_s']:.2f}x")
-        if a and b:
-            print(f"ratio mixrec/PBG {model}: edges/s {a['edges_per_s'] / b['edges_per_s']:.2f}x, "
+        for system in ("mixrec", "mixrec-compiled"):
+            a = runs.get(f"{system}/{model}")
+            if not (a and b):
+                continue
+            print(f"ratio {system}/PBG {model}: edges/s {a['edges_per_s'] / b['edges_per_s']:.2f}x, "
                   f"edges per CPU-second {a['edges_per_cpu_s'] / b['edges_per_cpu_s']:.2f}x, "
                   f"MRR {a['mrr'] / b['mrr']:.2f}x, Recall@{K} {a[f'recall@{K}'] / b[f'recall@{K}']:.2f}x, "
                   f"peak PSS {a['peak_pss_bytes'] / b['peak_pss_bytes']:.2f}x")
@@ -301,11 +308,14 @@ def main() -> None:
     ap.add_argument("--no-micro", action="store_true", help="skip the GEMM / gather micro-benchmark")
     ap.add_argument("--micro-into", type=Path, help="only run the micro-benchmark and add it to this saved report")
     ap.add_argument("--scaling", action="store_true", help="also train mixrec with 1 worker (HOGWILD scaling)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also train mixrec with compile=true (torch.compile of the step; the first epoch, which "
+                         "includes the compilation, is left out of the rates like every warm-up epoch)")
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--name", default="mixrec", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name)
+        mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile)
         return
     if args.micro_into:
         torch.set_num_threads(os.cpu_count() or 1)

@@ -35,6 +35,9 @@ class NegativesConfig(_Strict):
 
     batch: int = Field(256, ge=0, description="negatives taken from other positives of the same batch")
     uniform: int = Field(1024, ge=0, description="negatives drawn uniformly from the destination type")
+    two_sided: bool = Field(False, description="also corrupt the source side: other sources of the batch and "
+                            "`uniform` sources drawn uniformly, scored against the positive's destination "
+                            "(the paper samples one-sided, destinations only)")
 
     @model_validator(mode="after")
     def _some(self):
@@ -92,6 +95,13 @@ class Config(_Strict):
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(0.2, gt=0, description="row-wise Adagrad learning rate")
     margin: float = Field(0.5, ge=0, description="lambda of eq. 3")
+    loss: Literal["margin", "softmax"] = Field(
+        "margin", description="'margin': the ranking loss of eq. 3 (the paper); 'softmax': sampled softmax over "
+                              "the positive and its negatives, logits = pooled score / temperature - log Q")
+    temperature: float = Field(0.1, gt=0, description="softmax loss: temperature of the pooled cosine scores")
+    logq: bool = Field(True, description="softmax loss: subtract the log of each candidate's expected count "
+                       "among the negatives (in-batch by popularity plus uniform: mixed negative sampling); "
+                       "partitioned training has no global counts and applies none")
     pooling: Pooling = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default)")
     negative_pooling: Optional[Pooling] = Field(None, description="pooling of negatives; default smoothmax "
                                                 "(max when pooling=max, mean when pooling=mean)")
@@ -106,6 +116,9 @@ class Config(_Strict):
     init_scale: float = Field(0.1, gt=0, description="std of the initial components; with cosine scores "
                               "the effective step is lr / init_scale")
     workers: int = Field(1, ge=1, description="HOGWILD worker processes")
+    compile: bool = Field(False, description="compile the closed-form training step with torch.compile "
+                          "(needs a C++ compiler; 10-40 s of compilation per process, then fewer, fused "
+                          "kernels per batch); falls back to the eager step with a warning when it fails")
     device: str = Field("cpu", pattern=r"^(cpu|auto|cuda(:\d+)?)$",
                         description="where training runs: 'cpu', 'cuda', 'cuda:N', or 'auto' (cuda when available)")
     seed: int = 0
@@ -161,8 +174,8 @@ class Config(_Strict):
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
         """Apply ``key=value`` overrides with dotted keys (``components.user=5``)."""
         data = self.model_dump()
-        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
-        for key, value in items:
+        items = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+        for key, value in items.items():
             _set_dotted(data, key, _parse_value(value) if isinstance(value, str) else value)
         return Config.from_dict(data, source="--set")
 
@@ -201,6 +214,11 @@ def _describe(e: ValidationError, source: str) -> str:
         loc = ".".join(str(p) for p in err["loc"])
         lines.append(f"  {loc}: {err['msg']} (got {err.get('input')!r})")
     return "\n".join(lines)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``key=value`` strings (what ``--set`` takes) as ``{dotted key: parsed value}``, in order."""
+    return {k: _parse_value(v) for k, v in map(_split_override, items)}
 
 
 def _split_override(item: str) -> tuple[str, str]:

@@ -87,6 +87,9 @@ CASES = [
     {"pooling": "mean", "components.item": 2},
     {"theta_form": "sum", "components.item": 2},
     {"negatives.batch": 0},
+    {"loss": "softmax", "temperature": 0.3},
+    {"loss": "softmax", "logq": False, "pooling": "max"},
+    {"loss": "softmax", "components.user": 1, "negatives.batch": 0},
 ]
 
 
@@ -98,7 +101,7 @@ def test_batch_grads_equal_autograd(over, same_type):
     t_d = "user" if same_type else "item"
     tables = {"user": _rand(8, cfg.components_of("user"), 4), "item": _rand(9, cfg.components_of("item"), 4, seed=1)}
     b = Batch("user", t_d, np.array([0, 1, 1, 4, 6]), np.array([2, 3, 4, 3, 0]), np.array([1.0, 2.0, 0.5, 1.0, 3.0]),
-              np.array([2, 5, 5, 7]))
+              np.array([2, 5, 5, 7]), dst_prob=np.linspace(0.0, 0.2, 9 if t_d == "item" else 8).astype(np.float32))
     loss, leaves = batch_loss(b, tables, cfg)
     loss.backward()
     got_loss, got = batch_grads(b, tables, cfg)
@@ -203,3 +206,44 @@ def test_cli_train_device_cuda_without_a_gpu_fails_cleanly(planted, tmp_path, ca
                  "--set", "epochs=1"]) == 2
     assert "no CUDA GPU is available" in capsys.readouterr().err
     assert not (tmp_path / "m" / "model.json").exists()
+
+
+# --------------------------------------------------------------------- torch.compile of the fused step
+def _compile_case():
+    cfg = Config().with_overrides({"margin": 0.4, "gamma": 0.3, "theta": 0.25, "negatives.batch": 3,
+                                   "negatives.uniform": 4, "components.user": 3})
+    tables = {"user": _rand(8, 3, 4), "item": _rand(9, 1, 4, seed=1)}
+    b = Batch("user", "item", np.array([0, 1, 1, 4, 6]), np.array([2, 3, 4, 3, 0]),
+              np.array([1.0, 2.0, 0.5, 1.0, 3.0]), np.array([2, 5, 5, 7]))
+    return cfg, tables, b
+
+
+def test_compiled_step_equals_the_eager_step(monkeypatch):
+    from mixrec.train import fused
+    monkeypatch.setattr(fused, "_compiled", {})
+    cfg, tables, b = _compile_case()
+    want_loss, want = batch_grads(b, tables, cfg)
+    got_loss, got = batch_grads(b, tables, cfg.with_overrides({"compile": True}))
+    assert "fn" in fused._compiled and not fused._compiled.get("failed")
+    assert got_loss == pytest.approx(want_loss)
+    for (t, rows, g), (t2, rows2, g2) in zip(got, want):
+        assert t == t2 and torch.equal(rows, rows2) and torch.allclose(g, g2)
+
+
+def test_failed_compilation_warns_and_trains_eagerly(monkeypatch, caplog):
+    from mixrec.train import fused
+
+    def broken(fn, **_):
+        def call(*a, **k):
+            raise RuntimeError("no C++ compiler found")
+        return call
+
+    monkeypatch.setattr(fused, "_compiled", {})
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg, tables, b = _compile_case()
+    want_loss, _ = batch_grads(b, tables, cfg)
+    with caplog.at_level("WARNING", logger="mixrec.train.fused"):
+        got_loss, _ = batch_grads(b, tables, cfg.with_overrides({"compile": True}))
+    assert got_loss == pytest.approx(want_loss)
+    assert fused._compiled.get("failed") and "no C++ compiler found" in caplog.text
+    assert fused.fused_fn(True) is fused.fused_grads  # not tried again

@@ -135,6 +135,29 @@ def margin_loss(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None =
     return per_pos.sum()
 
 
+def sampled_softmax_loss(pos: Tensor, neg: Tensor, temperature: float, weight: Tensor | None = None,
+                         mask: Tensor | None = None, pos_logq: Tensor | None = None,
+                         neg_logq: Tensor | None = None) -> Tensor:
+    """Sampled softmax with log-Q correction: sum_b w_b * -log softmax([pos_b, neg_b.] / T - log Q)[0].
+
+    ``pos`` (B,) and ``neg`` (B, N) are pooled scores; ``pos_logq`` (B,) and ``neg_logq`` (N,) or (B, N) the
+    log of each candidate's expected count among the sampled negatives (Yi et al. 2019; mixed negative
+    sampling); ``mask`` (B, N) drops negatives (a positive's own item, accidental hits).
+    """
+    lp = pos / temperature
+    ln = neg / temperature
+    if pos_logq is not None:
+        lp = lp - pos_logq
+    if neg_logq is not None:
+        ln = ln - neg_logq
+    if mask is not None:
+        ln = ln.masked_fill(~mask.bool(), float("-inf"))
+    per_pos = torch.logsumexp(torch.cat([lp.unsqueeze(-1), ln], dim=-1), dim=-1) - lp
+    if weight is not None:
+        per_pos = per_pos * weight
+    return per_pos.sum()
+
+
 # --------------------------------------------------------------------- closed-form gradients (training hot path)
 def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
                    dims=PAIR_DIMS) -> tuple[Tensor, Tensor | None] | None:
@@ -145,7 +168,7 @@ def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1,
     The derivative is None where the pooling is the identity (one component pair).
     Returns None for a registered (non built-in) pooling, whose gradient only autograd knows.
     """
-    if name not in BUILTIN or POOLINGS[name] is not _BUILTIN_FNS[name]:
+    if not has_closed_form(name):
         return None
     lo, hi = sorted(d % m.dim() for d in dims)
     if hi - lo != len(dims) - 1:
@@ -172,6 +195,11 @@ def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1,
 _BUILTIN_FNS = dict(POOLINGS)
 
 
+def has_closed_form(name: str) -> bool:
+    """True when ``name`` is a built-in pooling that no registered function has replaced."""
+    return name in BUILTIN and POOLINGS[name] is _BUILTIN_FNS[name]
+
+
 def margin_loss_with_grad(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None = None,
                           mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`margin_loss` and its gradients ``(loss, dloss/dpos (B,), dloss/dneg (B, N))`` in one pass.
@@ -187,6 +215,29 @@ def margin_loss_with_grad(pos: Tensor, neg: Tensor, margin: float, weight: Tenso
         per_pos = per_pos * weight
         coef.mul_(weight.unsqueeze(-1))
     return per_pos.sum(), -coef.sum(-1), coef
+
+
+def sampled_softmax_loss_with_grad(pos: Tensor, neg: Tensor, temperature: float, weight: Tensor | None = None,
+                                   pos_logq: Tensor | None = None, neg_logq: Tensor | None = None
+                                   ) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`sampled_softmax_loss` and ``(loss, dloss/dpos (B,), dloss/dneg (B, N))`` in one pass.
+
+    A negative score of -inf drops that candidate (its probability and gradient are 0), as a mask would.
+    """
+    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1).mul_(1.0 / temperature)
+    if pos_logq is not None:
+        logits[:, 0] -= pos_logq
+    if neg_logq is not None:
+        logits[:, 1:] -= neg_logq
+    lse = torch.logsumexp(logits, dim=-1)
+    per_pos = lse - logits[:, 0]
+    p = torch.exp(logits.sub_(lse.unsqueeze(-1)))  # softmax, in place of the logits
+    p[:, 0] -= 1.0
+    if weight is not None:
+        per_pos = per_pos * weight
+        p.mul_(weight.unsqueeze(-1))
+    p.mul_(1.0 / temperature)
+    return per_pos.sum(), p[:, 0], p[:, 1:]
 
 
 def equal_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -208,8 +208,10 @@ class PartitionedTrainer:
                 break
             r = recs[code][pos]
             uniform = rng.integers(0, n_neg, size=cfg.negatives.uniform, dtype=np.int64)
+            u_src = (rng.integers(0, self.store.size(s_t, i), size=cfg.negatives.uniform, dtype=np.int64)
+                     if cfg.negatives.two_sided else None)
             batch = Batch("src", "dst", r["src"].astype(np.int64), r["dst"].astype(np.int64),
-                          r["weight"].astype(np.float32), uniform)
+                          r["weight"].astype(np.float32), uniform, u_src)
             total += train_step(batch, tables, states, cfg)
             done += len(pos)
         return total, done

@@ -20,6 +20,9 @@ class TrainingEdges:
     dst: list[np.ndarray]
     weight: list[np.ndarray]
     num_targets: list[int]
+    num_sources: list[int] | None = None
+    src_prob: list[np.ndarray | None] | None = None  # per relation: share of its edges per source (log-Q)
+    dst_prob: list[np.ndarray | None] | None = None  # per relation: share of its edges per destination
 
     @property
     def total(self) -> int:
@@ -53,7 +56,8 @@ def register_edge_weight(name: str, fn: EdgeWeightFn) -> None:
 def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
     """Group the train split by relation and attach omega(e) from ``relations.<name>`` settings."""
     train = dataset.split("train")
-    out = TrainingEdges(list(dataset.relations), [], [], [], [])
+    out = TrainingEdges(list(dataset.relations), [], [], [], [], [], [], [])
+    log_q = cfg.loss == "softmax" and cfg.logq
     for code, r in enumerate(dataset.relations):
         e = train.select(train.rel == code)
         rc = cfg.relation(r.name)
@@ -69,8 +73,17 @@ def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
             raise ValueError(f"relations.{r.name}.edge_weight {rc.edge_weight!r} must return {len(e)} finite, "
                              "non-negative weights")
         out.weight.append(w)
-        out.num_targets.append(dataset.num(r.target_type))
+        n_src, n_dst = dataset.num(r.source_type), dataset.num(r.target_type)
+        out.num_targets.append(n_dst)
+        out.num_sources.append(n_src)
+        out.src_prob.append(edge_shares(e.src, n_src) if log_q else None)
+        out.dst_prob.append(edge_shares(e.dst, n_dst) if log_q else None)
     return out
+
+
+def edge_shares(ids: np.ndarray, n: int) -> np.ndarray:
+    """Share of the edges at each node (its probability of being an in-batch negative), float32 (n,)."""
+    return (np.bincount(ids, minlength=n) / max(len(ids), 1)).astype(np.float32)
 
 
 def epoch_rng(seed: int, epoch: int) -> np.random.Generator:
@@ -102,5 +115,10 @@ def make_batches(edges: TrainingEdges, cfg: Config, epoch: int,
         r = edges.relations[code]
         neg_rng = np.random.default_rng([cfg.seed, epoch, i, 0x6E6567])
         uniform = neg_rng.integers(0, edges.num_targets[code], size=cfg.negatives.uniform, dtype=np.int64)
+        uniform_src = None
+        if cfg.negatives.two_sided:
+            uniform_src = neg_rng.integers(0, edges.num_sources[code], size=cfg.negatives.uniform, dtype=np.int64)
         yield Batch(r.source_type, r.target_type, edges.src[code][pos], edges.dst[code][pos],
-                    edges.weight[code][pos], uniform)
+                    edges.weight[code][pos], uniform, uniform_src,
+                    edges.src_prob[code] if edges.src_prob else None,
+                    edges.dst_prob[code] if edges.dst_prob else None)

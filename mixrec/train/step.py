@@ -7,8 +7,9 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.model.functional import (ALL_DIMS, PAIR_DIMS, equal_pairs, margin_loss, margin_loss_with_grad,
-                                     normalize, normalize_backward, pool, pool_with_grad, product, product_all)
+from mixrec.model.functional import (ALL_DIMS, equal_pairs, has_closed_form, margin_loss, normalize, pool, product,
+                                     product_all, sampled_softmax_loss)
+from mixrec.train.fused import run_fused
 
 ADAGRAD_EPS = 1e-10
 
@@ -23,6 +24,9 @@ class Batch:
     dst: np.ndarray
     weight: np.ndarray
     uniform: np.ndarray  # destination indices drawn uniformly from the target type
+    uniform_src: np.ndarray | None = None  # source indices drawn uniformly (two-sided negatives only)
+    src_prob: np.ndarray | None = None  # (N_src,) share of the relation's training edges per source (log-Q)
+    dst_prob: np.ndarray | None = None  # (N_dst,) the same per destination
 
 
 def rowwise_adagrad_(table: torch.Tensor, state: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
@@ -37,39 +41,69 @@ def rowwise_adagrad_(table: torch.Tensor, state: torch.Tensor, rows: torch.Tenso
     table.index_add_(0, rows, grad * inv, alpha=-lr)
 
 
-def _gather(table: torch.Tensor, ids: torch.Tensor):
-    uniq, inv = torch.unique(ids, return_inverse=True)
-    leaf = table.index_select(0, uniq).requires_grad_(True)
-    return uniq, inv, leaf, normalize(leaf)
+def _gather_roles(tables: dict[str, torch.Tensor], roles: list[tuple[str, torch.Tensor]]):
+    """Unit vectors for each ``(type, ids)`` role, gathered once per type as leaves that autograd reaches.
+
+    Returns ``([unit vectors per role], [(type, unique_rows, leaf)])``.
+    """
+    units: list = [None] * len(roles)
+    groups = []
+    for t in dict.fromkeys(t for t, _ in roles):
+        mine = [i for i, (rt, _) in enumerate(roles) if rt == t]
+        uniq, inv = torch.unique(torch.cat([roles[i][1] for i in mine]), return_inverse=True)
+        leaf = tables[t].index_select(0, uniq).requires_grad_(True)
+        unit = normalize(leaf)
+        for i, part in zip(mine, torch.split(inv, [len(roles[i][1]) for i in mine])):
+            units[i] = unit[part]
+        groups.append((t, uniq, leaf))
+    return units, groups
 
 
-def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config,
-               same_type: bool | None = None):
-    """Loss of eq. 3/4 for one batch and the gathered leaf rows it depends on.
+def _log_q(prob: np.ndarray | None, ids: torch.Tensor, n_batch: int, n_uniform: int) -> torch.Tensor | None:
+    """log of a candidate's expected count among ``n_batch`` in-batch and ``n_uniform`` uniform negatives."""
+    if prob is None:
+        return None
+    p = torch.from_numpy(np.asarray(prob)).to(ids.device)[ids].double()
+    return torch.log(n_batch * p + n_uniform / len(prob)).float()
 
+
+def _side_loss(pos, negs, mask, weight, cfg: Config, prob, pos_ids, neg_ids, n_batch, n_uniform):
+    if cfg.loss == "margin":
+        return margin_loss(pos, negs, cfg.margin, weight, mask.to(negs.dtype))
+    lq = cfg.logq and prob is not None
+    return sampled_softmax_loss(pos, negs, cfg.temperature, weight, mask,
+                                _log_q(prob, pos_ids, n_batch, n_uniform) if lq else None,
+                                _log_q(prob, neg_ids, n_batch, n_uniform) if lq else None)
+
+
+def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
+    """Loss of eq. 3/4 (or the sampled softmax) for one batch and the gathered leaf rows it depends on.
+
+    Negatives are the batch's other destinations plus the uniform ones; with ``negatives.two_sided`` the
+    batch's other sources and uniform sources are scored against each positive's destination too.
     Returns ``(loss, [(type, unique_rows, leaf)])``; call ``loss.backward()`` then update each leaf's rows.
     """
     device = tables[batch.source_type].device
     src, dst, uniform = (_ids(a, device) for a in (batch.src, batch.dst, batch.uniform))
-    nb = min(cfg.negatives.batch, len(dst))
-    neg = torch.cat([dst[:nb], uniform])
     s_t, d_t = batch.source_type, batch.target_type
-    if s_t == d_t:
-        ids = torch.cat([src, dst, neg])
-        uniq, inv, leaf, unit = _gather(tables[s_t], ids)
-        n_s, n_d = len(src), len(dst)
-        us, ud, un = unit[inv[:n_s]], unit[inv[n_s:n_s + n_d]], unit[inv[n_s + n_d:]]
-        groups = [(s_t, uniq, leaf)]
-    else:
-        u_s, inv_s, leaf_s, unit_s = _gather(tables[s_t], src)
-        u_d, inv_d, leaf_d, unit_d = _gather(tables[d_t], torch.cat([dst, neg]))
-        us, ud, un = unit_s[inv_s], unit_d[inv_d[:len(dst)]], unit_d[inv_d[len(dst):]]
-        groups = [(s_t, u_s, leaf_s), (d_t, u_d, leaf_d)]
+    two = cfg.negatives.two_sided
+    u_src = _ids(batch.uniform_src if batch.uniform_src is not None else np.empty(0, np.int64), device)
+    roles = [(s_t, src), (d_t, dst), (d_t, uniform)] + ([(s_t, u_src)] if two else [])
+    units, groups = _gather_roles(tables, roles)
+    us, ud, uu = units[:3]
+    nb = min(cfg.negatives.batch, len(dst))
+    neg, un = torch.cat([dst[:nb], uniform]), torch.cat([ud[:nb], uu])
     kw = dict(gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form)
+    weight = torch.from_numpy(np.asarray(batch.weight)).to(device, us.dtype)
     pos = pool(product(us, ud, normalized=True), cfg.pooling, **kw)
     negs = pool(product_all(us, un, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw)
-    mask = (neg.unsqueeze(0) != dst.unsqueeze(1)).to(negs.dtype)
-    loss = margin_loss(pos, negs, cfg.margin, torch.from_numpy(batch.weight).to(device, negs.dtype), mask)
+    mask = neg.unsqueeze(0) != dst.unsqueeze(1)
+    loss = _side_loss(pos, negs, mask, weight, cfg, batch.dst_prob, dst, neg, nb, len(uniform))
+    if two:
+        sneg, usn = torch.cat([src[:nb], u_src]), torch.cat([us[:nb], units[3]])
+        negs_s = pool(product_all(usn, ud, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw).T
+        mask_s = sneg.unsqueeze(0) != src.unsqueeze(1)
+        loss = loss + _side_loss(pos, negs_s, mask_s, weight, cfg, batch.src_prob, src, sneg, nb, len(u_src))
     return loss, groups
 
 
@@ -77,62 +111,45 @@ def _ids(a: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device, non_blocking=True)
 
 
-def _unit_rows(table: torch.Tensor, ids: torch.Tensor):
-    """Unique rows of ``ids``, the inverse map, and the gathered rows' norms (keepdim) and unit vectors."""
-    uniq, inv = torch.unique(ids, return_inverse=True)
-    x = table.index_select(0, uniq)
-    norm = x.norm(dim=-1, keepdim=True)
-    return uniq, inv, norm, x / norm.clamp_min(1e-12)
-
-
 def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     """The loss of :func:`batch_loss` and its gradient per touched row, in closed form (no autograd graph).
 
-    Positives and negatives are scored with one matrix product each way, pooling and the margin loss
-    return their derivatives in the same pass, and the gradients of repeated rows are summed with
-    ``index_add_``. Returns ``(loss, [(type, unique_rows, grad)])``, or None when a pooling is a
-    registered function whose gradient only autograd knows.
+    The touched rows are found (``torch.unique``) and gathered once per table; scoring, pooling, the loss,
+    their derivatives and the sums over repeated rows are one pure function, :func:`mixrec.train.fused.
+    fused_grads` (compiled with ``torch.compile`` when ``compile = true``). Returns ``(loss, [(type,
+    unique_rows, grad)])``, or None when a pooling is a registered function whose gradient only autograd
+    knows, or when negatives are two-sided (autograd).
     """
-    kw = dict(gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form)
+    if cfg.negatives.two_sided or not (has_closed_form(cfg.pooling) and has_closed_form(cfg.neg_pooling())):
+        return None
     s_t, d_t = batch.source_type, batch.target_type
     device = tables[s_t].device
     src, dst, uniform = (_ids(a, device) for a in (batch.src, batch.dst, batch.uniform))
     n_b, n_d = len(src), len(dst)
     nb = min(cfg.negatives.batch, n_d)
+    neg_ids = torch.cat([dst[:nb], uniform])
     if s_t == d_t:
-        rows, inv, norm, unit = _unit_rows(tables[s_t], torch.cat([src, dst, uniform]))
-        sides = [(s_t, rows, norm, unit)]
+        rows, inv = torch.unique(torch.cat([src, dst, uniform]), return_inverse=True)
+        x_s = x_d = tables[s_t].index_select(0, rows)
         inv_s, inv_d, inv_u = inv[:n_b], inv[n_b:n_b + n_d], inv[n_b + n_d:]
+        sides = [(s_t, rows)]
     else:
-        rows_s, inv_s, norm_s, unit_s = _unit_rows(tables[s_t], src)
-        rows_d, inv, norm_d, unit_d = _unit_rows(tables[d_t], torch.cat([dst, uniform]))
-        sides = [(s_t, rows_s, norm_s, unit_s), (d_t, rows_d, norm_d, unit_d)]
+        rows_s, inv_s = torch.unique(src, return_inverse=True)
+        rows_d, inv = torch.unique(torch.cat([dst, uniform]), return_inverse=True)
+        x_s, x_d = tables[s_t].index_select(0, rows_s), tables[d_t].index_select(0, rows_d)
         inv_d, inv_u = inv[:n_d], inv[n_d:]
-    unit_s, unit_d = sides[0][3], sides[-1][3]
-    inv_n = torch.cat([inv_d[:nb], inv_u])
-    a, b, n = unit_s.index_select(0, inv_s), unit_d.index_select(0, inv_d), unit_d.index_select(0, inv_n)
-    (_, cs, dim), cd, n_neg = a.shape, n.shape[1], len(inv_n)
-    n_flat = n.transpose(0, 1).reshape(cd * n_neg, dim)
-    m_pos = (a.unsqueeze(2) * b.unsqueeze(1)).sum(-1)  # (B, C_s, C_d)
-    m_neg = (a.reshape(n_b * cs, dim) @ n_flat.T).view(n_b, cs, cd, n_neg)
-    pos = pool_with_grad(m_pos, cfg.pooling, dims=PAIR_DIMS, **kw)
-    neg = pool_with_grad(m_neg, cfg.neg_pooling(), dims=ALL_DIMS, **kw)
-    if pos is None or neg is None:
-        return None
-    own_b, own_j = equal_pairs(dst, torch.cat([dst[:nb], uniform]))  # a positive's own item is no negative
-    neg[0].index_put_((own_b, own_j), torch.tensor(float("-inf"), dtype=a.dtype, device=device))
-    weight = torch.from_numpy(np.asarray(batch.weight)).to(device, a.dtype)
-    loss, d_pos, d_neg = margin_loss_with_grad(pos[0], neg[0], cfg.margin, weight)
-    g_pos = d_pos.view(-1, 1, 1) if pos[1] is None else pos[1].mul_(d_pos.view(-1, 1, 1))
-    g_neg = d_neg if neg[1] is None else neg[1].mul_(d_neg.view(n_b, 1, 1, n_neg)).view(n_b * cs, cd * n_neg)
-    d_a = (g_pos.unsqueeze(-1) * b.unsqueeze(1)).sum(2).add_((g_neg @ n_flat).view(n_b, cs, dim))
-    d_b = (g_pos.unsqueeze(-1) * a.unsqueeze(2)).sum(1)
-    d_n = (g_neg.T @ a.reshape(n_b * cs, dim)).view(cd, n_neg, dim).transpose(0, 1)
-    grads = [torch.zeros_like(side[3]) for side in sides]
-    grads[0].index_add_(0, inv_s, d_a)
-    grads[-1].index_add_(0, inv_d, d_b).index_add_(0, inv_n, d_n)
-    return float(loss), [(t, rows, normalize_backward(norm, unit, g))
-                         for (t, rows, norm, unit), g in zip(sides, grads)]
+        sides = [(s_t, rows_s), (d_t, rows_d)]
+    own_b, own_j = equal_pairs(dst, neg_ids)  # a positive's own item is no negative
+    weight = torch.from_numpy(np.asarray(batch.weight)).to(device, x_s.dtype)
+    lq = cfg.loss == "softmax" and cfg.logq and batch.dst_prob is not None
+    loss, g_s, g_d = run_fused(
+        cfg.compile, x_s, x_d, inv_s, inv_d, torch.cat([inv_d[:nb], inv_u]), own_b, own_j, weight,
+        _log_q(batch.dst_prob, dst, nb, len(uniform)) if lq else None,
+        _log_q(batch.dst_prob, neg_ids, nb, len(uniform)) if lq else None,
+        pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss, margin=cfg.margin,
+        temperature=cfg.temperature, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
+        shared=s_t == d_t)
+    return float(loss), [(t, rows, g) for (t, rows), g in zip(sides, (g_s, g_d))]
 
 
 def train_step(batch: Batch, tables: dict[str, torch.Tensor], states: dict[str, torch.Tensor], cfg: Config) -> float:

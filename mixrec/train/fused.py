@@ -1,0 +1,90 @@
+"""The closed-form loss and row gradients of one batch as one pure tensor function, optionally compiled."""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from mixrec.model.functional import (ALL_DIMS, PAIR_DIMS, margin_loss_with_grad, normalize_backward, pool_with_grad,
+                                     sampled_softmax_loss_with_grad)
+
+log = logging.getLogger(__name__)
+
+
+def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: Tensor, own_b: Tensor,
+                own_j: Tensor, weight: Tensor, pos_logq: Optional[Tensor], neg_logq: Optional[Tensor], *,
+                pooling: str, neg_pooling: str, loss: str, margin: float, temperature: float, gamma: float,
+                theta: float, theta_form: str, shared: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+    """Loss and gradients of the raw gathered rows ``x_s`` (sources) and ``x_d`` (destinations).
+
+    ``inv_s``/``inv_d``/``inv_n`` map positives' sources, positives' destinations and negatives to rows;
+    ``(own_b, own_j)`` are the (positive, negative) pairs that hold the positive's own destination.
+    With ``shared`` both sides index one table (``x_d`` is ``x_s``) and the one gradient is returned first.
+    Only built-in poolings (``functional.pool_with_grad``); returns ``(loss, grad_s, grad_d or None)``.
+    """
+    kw = dict(gamma=gamma, theta=theta, theta_form=theta_form)
+    norm_s = x_s.norm(dim=-1, keepdim=True)
+    unit_s = x_s / norm_s.clamp_min(1e-12)
+    norm_d, unit_d = (norm_s, unit_s) if shared else (x_d.norm(dim=-1, keepdim=True), None)
+    if unit_d is None:
+        unit_d = x_d / norm_d.clamp_min(1e-12)
+    a, b, n = unit_s.index_select(0, inv_s), unit_d.index_select(0, inv_d), unit_d.index_select(0, inv_n)
+    n_b, cs, dim = a.shape
+    cd, n_neg = n.shape[1], n.shape[0]
+    n_flat = n.transpose(0, 1).reshape(cd * n_neg, dim)
+    m_pos = (a.unsqueeze(2) * b.unsqueeze(1)).sum(-1)  # (B, C_s, C_d)
+    m_neg = (a.reshape(n_b * cs, dim) @ n_flat.T).view(n_b, cs, cd, n_neg)
+    pos, g_pos = pool_with_grad(m_pos, pooling, dims=PAIR_DIMS, **kw)
+    neg, g_neg = pool_with_grad(m_neg, neg_pooling, dims=ALL_DIMS, **kw)
+    neg = neg.index_put((own_b, own_j), torch.tensor(float("-inf"), dtype=neg.dtype, device=neg.device))
+    if loss == "margin":
+        total, d_pos, d_neg = margin_loss_with_grad(pos, neg, margin, weight)
+    else:
+        total, d_pos, d_neg = sampled_softmax_loss_with_grad(pos, neg, temperature, weight, pos_logq, neg_logq)
+    g_pos = d_pos.view(-1, 1, 1) if g_pos is None else g_pos.mul_(d_pos.view(-1, 1, 1))
+    g_neg = d_neg if g_neg is None else g_neg.mul_(d_neg.view(n_b, 1, 1, n_neg)).view(n_b * cs, cd * n_neg)
+    d_a = (g_pos.unsqueeze(-1) * b.unsqueeze(1)).sum(2).add_((g_neg @ n_flat).view(n_b, cs, dim))
+    d_b = (g_pos.unsqueeze(-1) * a.unsqueeze(2)).sum(1)
+    d_n = (g_neg.T @ a.reshape(n_b * cs, dim)).view(cd, n_neg, dim).transpose(0, 1)
+    grad_s = torch.zeros_like(unit_s).index_add_(0, inv_s, d_a)
+    grad_d = grad_s if shared else torch.zeros_like(unit_d)
+    grad_d.index_add_(0, inv_d, d_b).index_add_(0, inv_n, d_n)
+    if shared:
+        return total, normalize_backward(norm_s, unit_s, grad_s), None
+    return total, normalize_backward(norm_s, unit_s, grad_s), normalize_backward(norm_d, unit_d, grad_d)
+
+
+_compiled: dict[str, Callable] = {}
+
+
+def fused_fn(compile_step: bool) -> Callable:
+    """:func:`fused_grads`, or its ``torch.compile`` version (built once per process) when asked for."""
+    if not compile_step or _compiled.get("failed"):
+        return fused_grads
+    if "fn" not in _compiled:
+        _compiled["fn"] = torch.compile(fused_grads, dynamic=False)
+    return _compiled["fn"]
+
+
+def _mark_varying(tensors) -> None:
+    """Row and batch counts change from batch to batch; components and dim stay fixed (and specialised)."""
+    for t in tensors:
+        if t is not None:
+            torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+def run_fused(compile_step: bool, *args, **kwargs):
+    """Call :func:`fused_fn`; a compilation that fails (no C++ compiler, ...) warns once and runs eagerly."""
+    fn = fused_fn(compile_step)
+    if fn is fused_grads:
+        return fn(*args, **kwargs)
+    try:
+        _mark_varying(args)
+        return fn(*args, **kwargs)
+    except Exception as e:  # torch.compile raises at the first call when the backend cannot build
+        _compiled["failed"] = True
+        log.warning("compile=true: torch.compile of the training step failed (%s: %s); training without it",
+                    type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+        return fused_grads(*args, **kwargs)
