@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mixrec.config import Config  # noqa: E402
+from mixrec.config import Config, parse_overrides  # noqa: E402
 from mixrec.data.ingest import ingest  # noqa: E402
 from mixrec.data.dataset import Dataset  # noqa: E402
 from mixrec.evaluate import evaluate, load_item_labels  # noqa: E402
@@ -47,7 +47,8 @@ NOTES_MARKER = "<!-- notes: kept across re-runs -->"
 KEYS = ("recall@20", "ndcg@20", "div@50", "label_coverage@50", "catalog_coverage@50")
 
 
-def run_dataset(name: str, spec: dict, work: Path, epochs: int | None, models: list[str]) -> list[dict]:
+def run_dataset(name: str, spec: dict, work: Path, epochs: int | None, models: list[str],
+                overrides: dict | None = None) -> list[dict]:
     rows = []
     t0 = time.perf_counter()
     ingest(DATA / spec["file"], work / name, split_col="split", progress=False)
@@ -57,7 +58,7 @@ def run_dataset(name: str, spec: dict, work: Path, epochs: int | None, models: l
     if spec["labels"]:
         labels = load_item_labels(DATA / spec["labels"][0], data.ids["item"], label_col=spec["labels"][1])
     for model_name in models:
-        over = dict(MODELS[model_name])
+        over = dict(MODELS[model_name], **(overrides or {}))
         if epochs:
             over["epochs"] = epochs
         cfg = Config().with_overrides(over)
@@ -104,6 +105,8 @@ def main() -> None:
     p.add_argument("--datasets", nargs="+", default=list(DATASETS))
     p.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=list(MODELS))
     p.add_argument("--epochs", type=int, default=None, help="override the default number of epochs")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every model (e.g. loss=margin, the loss these docs were measured with)")
     p.add_argument("--work", default=str(ROOT / "runs" / "bench"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
     p.add_argument("--rows", default=None, help="also write the raw rows as JSON (for --merge)")
@@ -122,7 +125,7 @@ def main() -> None:
         if not (DATA / DATASETS[name]["file"]).is_file():
             print(f"skipping {name}: {DATA / DATASETS[name]['file']} not found")
             continue
-        rows += run_dataset(name, DATASETS[name], Path(a.work), a.epochs, a.models)
+        rows += run_dataset(name, DATASETS[name], Path(a.work), a.epochs, a.models, parse_overrides(a.set))
     if a.rows:
         Path(a.rows).write_text(json.dumps(rows, indent=1))
     if rows:

@@ -48,22 +48,24 @@ MODELS = {
     "mixture 4x16": {"components.user": 4, "components.item": 1, "dim": 16},
     "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
 }
-ABLATIONS = {  # on ml1m, mixture at fixed C x dim = 64 unless the row says otherwise
-    "C": {f"C={c} ({c}x{d})": {"components.user": c, "components.item": 1, "dim": d}
+ABLATIONS = {  # on ml1m, mixture at fixed C x dim = 64 unless the row says otherwise; the paper's margin loss
+    "C": {f"C={c} ({c}x{d})": {"components.user": c, "components.item": 1, "dim": d, "loss": "margin"}
           for c, d in ((1, 64), (2, 32), (3, 21), (5, 13), (8, 8))},
-    "pooling": {name: {"components.user": 4, "components.item": 1, "dim": 16, **over} for name, over in (
+    "pooling": {name: {"components.user": 4, "components.item": 1, "dim": 16, "loss": "margin", **over}
+                for name, over in (
         ("max", {"pooling": "max"}), ("smoothmax", {"pooling": "smoothmax"}),
         ("regsmoothmax theta=0", {"pooling": "regsmoothmax", "theta": 0.0}),
         ("regsmoothmax theta=0.1", {"pooling": "regsmoothmax", "theta": 0.1}),
         ("regsmoothmax theta=0.3", {"pooling": "regsmoothmax", "theta": 0.3}))},
     "loss": {name: {"components.user": 4, "components.item": 1, "dim": 16, **over} for name, over in (
-        ("margin (paper)", {}),
+        ("margin (paper)", {"loss": "margin"}),
         ("softmax T=0.1, log-Q, mixed negatives", {"loss": "softmax", "temperature": 0.1}),
         ("softmax T=0.05, log-Q, mixed negatives", {"loss": "softmax", "temperature": 0.05}),
         ("softmax T=0.1, no log-Q", {"loss": "softmax", "temperature": 0.1, "logq": False}),
         ("softmax T=0.1, log-Q, uniform negatives only", {"loss": "softmax", "temperature": 0.1,
                                                           "negatives.batch": 0}))},
-    "sides": {name: {"components.user": 4, "components.item": 1, "dim": 16, **over} for name, over in (
+    "sides": {name: {"components.user": 4, "components.item": 1, "dim": 16, "loss": "margin", **over}
+              for name, over in (
         ("one-sided (paper)", {}), ("two-sided", {"negatives.two_sided": True}))},
 }
 ALS_GRID = [ALSParams(factors=f, regularization=r, alpha=a) for f in (64, 128) for r in (0.1, 1.0, 10.0)

@@ -67,7 +67,7 @@ def retrieval_recall(model, vectors, weights, exclude, truth, k: int = 20) -> fl
 
 
 def cmd_foldin_gowalla(a) -> int:
-    from mixrec.config import Config
+    from mixrec.config import Config, parse_overrides
     from mixrec.data.dataset import Dataset
     from mixrec.data.ingest import ingest
     from mixrec.foldin import FoldInSettings, fold_in_model
@@ -88,7 +88,7 @@ def cmd_foldin_gowalla(a) -> int:
     hidden = np.sort(rng.choice(eligible, a.hidden, replace=False))
     others = np.sort(rng.choice(np.setdiff1d(eligible, hidden), a.hidden, replace=False))
     cfg = Config().with_overrides({"components.user": a.components, "components.item": 1, "dim": a.dim,
-                                   "epochs": a.epochs})
+                                   "epochs": a.epochs, **parse_overrides(a.set)})
     t0 = time.perf_counter()
     full_dir, held_dir = work / "gowalla-full", work / "gowalla-heldout"
     full = MixtureModel.load(full_dir) if (full_dir / "model.json").is_file() else \
@@ -442,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--variants", nargs="+", default=["kmeans:0", "kmeans:10", "kmeans:30", "kmeans:100",
                                                      "random:100", "random:300"], help="INIT:STEPS fold-in settings")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (e.g. loss=margin)")
     s = sub.add_parser("synthetic")
     s.add_argument("--work", default="runs/serve")
     for name, default in (("items", 1_000_000), ("users", 20_000), ("clusters", 2000), ("components", 5),

@@ -90,7 +90,8 @@ def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", co
     cs, cd = SHAPES[model]
     return Config().with_overrides({
         "dim": DIM, "components": {"user": cs, "item": cd}, "epochs": epochs, "batch_size": BATCH,
-        "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "lr": 0.1, "margin": 0.1, "init_scale": 0.1,
+        "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "loss": "margin", "lr": 0.1, "margin": 0.1,
+        "init_scale": 0.1,
         "workers": workers, "early_stopping.patience": 0, "device": device, "compile": compile_step})
 
 

@@ -96,8 +96,8 @@ class Config(_Strict):
     lr: float = Field(0.2, gt=0, description="row-wise Adagrad learning rate")
     margin: float = Field(0.5, ge=0, description="lambda of eq. 3")
     loss: Literal["margin", "softmax"] = Field(
-        "margin", description="'margin': the ranking loss of eq. 3 (the paper); 'softmax': sampled softmax over "
-                              "the positive and its negatives, logits = pooled score / temperature - log Q")
+        "softmax", description="'softmax' (default): sampled softmax over the positive and its negatives, logits = "
+                               "pooled score / temperature - log Q; 'margin': the ranking loss of eq. 3 (the paper)")
     temperature: float = Field(0.1, gt=0, description="softmax loss: temperature of the pooled cosine scores")
     logq: bool = Field(True, description="softmax loss: subtract the log of each candidate's expected count "
                        "among the negatives (in-batch by popularity plus uniform: mixed negative sampling); "

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, margin_loss, normalize, pool, product, product_all
+from mixrec.model.functional import (ALL_DIMS, PAIR_DIMS, margin_loss, normalize, pool, product, product_all,
+                                     sampled_softmax_loss)
 from mixrec.train.step import rowwise_adagrad_
 from mixrec.weights import OnlineWeights, component_logits
 
@@ -71,6 +72,9 @@ def foldin_loss(u: torch.Tensor, items: torch.Tensor, hist: torch.Tensor, edge_w
     b, h = hist.shape
     mask = (neg.view(1, 1, -1) != hist.unsqueeze(-1)).to(negs.dtype)  # (B, H, M)
     negs = negs.unsqueeze(1).expand(b, h, -1)
+    if cfg.loss == "softmax":  # uniform negatives only: log-Q is one constant and cancels
+        return sampled_softmax_loss(pos.reshape(-1), negs.reshape(b * h, -1), cfg.temperature, edge_w.reshape(-1),
+                                    mask.reshape(b * h, -1))
     return margin_loss(pos.reshape(-1), negs.reshape(b * h, -1), cfg.margin, edge_w.reshape(-1),
                        mask.reshape(b * h, -1))
 
@@ -122,7 +126,7 @@ def fold_in(items: torch.Tensor, histories: Sequence[np.ndarray], cfg: Config, c
             edge_weights: Sequence[np.ndarray] | None = None, weight_edges: Sequence[np.ndarray] | None = None,
             weight_gamma: float = 0.1, weight_form: str = "sum", uniform_weights: bool = False,
             settings: FoldInSettings | None = None) -> FoldedUsers:
-    """Fit ``components`` unit vectors per new user by the margin loss with ``items`` (N, C_d, n) frozen.
+    """Fit ``components`` unit vectors per new user by the training loss with ``items`` (N, C_d, n) frozen.
 
     ``histories``: one array of item indices per user (non-empty). ``edge_weights``: omega per history
     edge (default 1). ``weight_edges``: boolean per edge, the edges eq. 5 uses (default all);

@@ -18,7 +18,8 @@ def test_sampled_softmax_loss_matches_naive_loop():
     pos, neg = torch.rand(3, generator=g, dtype=torch.float64), torch.rand(3, 4, generator=g, dtype=torch.float64)
     w = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
     mask = torch.tensor([[1, 1, 0, 1], [1, 1, 1, 1], [0, 1, 1, 0]], dtype=torch.bool)
-    pq, nq = torch.tensor([-1.0, 0.2, 0.0], dtype=torch.float64), torch.tensor([0.3, -2.0, 1.0, 0.0], dtype=torch.float64)
+    pq = torch.tensor([-1.0, 0.2, 0.0], dtype=torch.float64)
+    nq = torch.tensor([0.3, -2.0, 1.0, 0.0], dtype=torch.float64)
     got = sampled_softmax_loss(pos, neg, 0.2, w, mask, pq, nq)
     want = 0.0
     for b in range(3):
@@ -39,7 +40,7 @@ def _tables(seed=0):
 
 
 def _cfg(**kw) -> Config:
-    return Config().with_overrides({"margin": 0.2, "gamma": 0.3, "theta": 0.25, "negatives.batch": 2,
+    return Config().with_overrides({"loss": "margin", "margin": 0.2, "gamma": 0.3, "theta": 0.25, "negatives.batch": 2,
                                     "negatives.uniform": 2, "components.user": 3, "components.item": 2, **kw})
 
 
@@ -113,7 +114,8 @@ def test_edge_shares_and_batches_carry_what_the_loss_needs(planted):
     code = [r.source_type for r in edges.relations].index(b.source_type)
     assert len(b.uniform_src) == 7 and b.uniform_src.max() < edges.num_sources[code]
     assert b.dst_prob.sum() == pytest.approx(1.0, abs=1e-5) and len(b.dst_prob) == edges.num_targets[code]
-    plain = next(make_batches(training_edges(ds, Config()), Config(), 0))
+    margin = Config().with_overrides({"loss": "margin"})
+    plain = next(make_batches(training_edges(ds, margin), margin, 0))
     assert plain.uniform_src is None and plain.dst_prob is None
 
 

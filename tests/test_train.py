@@ -34,7 +34,8 @@ def test_rowwise_adagrad_matches_naive():
 
 
 def test_batch_loss_and_gradients_match_naive_loop():
-    cfg = Config().with_overrides({"margin": 0.2, "gamma": 0.3, "theta": 0.25, "negatives.batch": 2,
+    cfg = Config().with_overrides({"loss": "margin", "margin": 0.2, "gamma": 0.3, "theta": 0.25,
+                                   "negatives.batch": 2,
                                    "negatives.uniform": 2, "components.user": 3, "components.item": 2})
     g = torch.Generator().manual_seed(0)
     tables = {"user": torch.randn(5, 3, 4, generator=g, dtype=torch.float64),
