@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -70,6 +71,7 @@ def main() -> None:
     ap.add_argument("-p", "--param", action="append", default=[])
     args = ap.parse_args()
     out = args.work / f"pbg-{args.model}"
+    shutil.rmtree(out / "ckpt", ignore_errors=True)  # PBG resumes from a checkpoint it finds: start fresh
     n_edges = convert(args.work / "graph", out)
     over = [f"entity_path={out / 'entities'}", f"edge_paths={out / 'edges'}",
             f"checkpoint_path={out / 'ckpt'}", f"num_epochs={args.epochs}", f"workers={args.workers}"]

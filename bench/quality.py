@@ -67,6 +67,8 @@ ABLATIONS = {  # on ml1m, mixture at fixed C x dim = 64 unless the row says othe
     "sides": {name: {"components.user": 4, "components.item": 1, "dim": 16, "loss": "margin", **over}
               for name, over in (
         ("one-sided (paper)", {}), ("two-sided", {"negatives.two_sided": True}))},
+    "sides-softmax": {name: {"components.user": 4, "components.item": 1, "dim": 16, "loss": "softmax", **over}
+                      for name, over in (("one-sided", {}), ("two-sided", {"negatives.two_sided": True}))},
 }
 ALS_GRID = [ALSParams(factors=f, regularization=r, alpha=a) for f in (64, 128) for r in (0.1, 1.0, 10.0)
             for a in (10.0, 40.0)]

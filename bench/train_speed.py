@@ -176,6 +176,8 @@ def test_quality(graph: Path, user: np.ndarray, item: np.ndarray, model: str, ch
 
 def steady_edges_per_s(res: dict, key: str = "epoch_seconds") -> float:
     """Training edges per second over the epochs after the first (all epochs when there is one)."""
+    if not res[key]:
+        raise RuntimeError(f"the run recorded no training epochs ({key} is empty)")
     secs = res[key][1:] or res[key]
     return res["edges"] * len(secs) / max(sum(secs), 1e-9)
 
