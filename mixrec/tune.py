@@ -16,11 +16,19 @@ log = logging.getLogger("mixrec.tune")
 # name -> (kind, low, high[, choices]); kinds: 'log' (log-uniform float), 'float', 'int', 'choice'
 DEFAULT_SPACE: dict[str, tuple] = {
     "lr": ("log", 0.02, 1.0),
-    "margin": ("float", 0.1, 1.0),
     "gamma": ("log", 0.03, 0.5),
     "theta": ("float", 0.0, 0.5),
     "negatives.uniform": ("choice", [256, 512, 1024, 2048]),
 }
+LOSS_SPACE: dict[str, dict[str, tuple]] = {  # the one knob of each loss
+    "margin": {"margin": ("float", 0.1, 1.0)},
+    "softmax": {"temperature": ("log", 0.03, 0.5)},
+}
+
+
+def default_space(config: Config) -> dict[str, tuple]:
+    """The search space for ``config``: the shared knobs plus its loss's own (margin or temperature)."""
+    return {**DEFAULT_SPACE, **LOSS_SPACE[config.loss]}
 
 
 @dataclass
@@ -85,7 +93,7 @@ def tune(dataset: Dataset | str | Path, trials: int, base: Config | None = None,
         dataset = Dataset.load(dataset)
     base = base or Config()
     data = with_validation(dataset, holdout, seed)
-    space = space or DEFAULT_SPACE
+    space = space or default_space(base)
     metric = f"valid_recall@{base.early_stopping.k}"
     run_base = base if (base.early_stopping.patience or base.eval_every) else base.with_overrides({"eval_every": 1})
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -41,3 +41,11 @@ def test_tune_cli_writes_a_config_that_train_loads(tmp_path):
     assert best.lr != Config().lr and 0.02 <= best.lr <= 1.0  # a searched value was written
     assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "model"), "--config", str(out),
                  "--quiet"]) == 0
+
+
+def test_default_space_tunes_the_knob_of_the_chosen_loss():
+    from mixrec.tune import default_space
+    soft = default_space(Config())
+    assert "temperature" in soft and "margin" not in soft and "lr" in soft
+    margin = default_space(Config().with_overrides({"loss": "margin"}))
+    assert "margin" in margin and "temperature" not in margin
