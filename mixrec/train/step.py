@@ -59,21 +59,21 @@ def _gather_roles(tables: dict[str, torch.Tensor], roles: list[tuple[str, torch.
     return units, groups
 
 
-def _log_q(prob: np.ndarray | None, ids: torch.Tensor, n_batch: int, n_uniform: int) -> torch.Tensor | None:
-    """log of a candidate's expected count among ``n_batch`` in-batch and ``n_uniform`` uniform negatives."""
-    if prob is None:
-        return None
-    p = torch.from_numpy(np.asarray(prob)).to(ids.device)[ids].double()
-    return torch.log(n_batch * p + n_uniform / len(prob)).float()
+def _log_q(cfg: Config, prob: np.ndarray | None, pos_ids: torch.Tensor, neg_ids: torch.Tensor, n_batch: int,
+           n_uniform: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """log of each positive's and negative's expected count among ``n_batch`` in-batch (by ``prob``, the share
+    of edges per node) and ``n_uniform`` uniform negatives; ``(None, None)`` when no correction applies."""
+    if cfg.loss != "softmax" or not cfg.logq or prob is None:
+        return None, None
+    p = torch.from_numpy(np.asarray(prob)).to(pos_ids.device)
+    return tuple(torch.log(n_batch * p[ids].double() + n_uniform / len(prob)).float() for ids in (pos_ids, neg_ids))
 
 
 def _side_loss(pos, negs, mask, weight, cfg: Config, prob, pos_ids, neg_ids, n_batch, n_uniform):
     if cfg.loss == "margin":
         return margin_loss(pos, negs, cfg.margin, weight, mask.to(negs.dtype))
-    lq = cfg.logq and prob is not None
     return sampled_softmax_loss(pos, negs, cfg.temperature, weight, mask,
-                                _log_q(prob, pos_ids, n_batch, n_uniform) if lq else None,
-                                _log_q(prob, neg_ids, n_batch, n_uniform) if lq else None)
+                                *_log_q(cfg, prob, pos_ids, neg_ids, n_batch, n_uniform))
 
 
 def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
@@ -141,11 +141,9 @@ def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
         sides = [(s_t, rows_s), (d_t, rows_d)]
     own_b, own_j = equal_pairs(dst, neg_ids)  # a positive's own item is no negative
     weight = torch.from_numpy(np.asarray(batch.weight)).to(device, x_s.dtype)
-    lq = cfg.loss == "softmax" and cfg.logq and batch.dst_prob is not None
     loss, g_s, g_d = run_fused(
         cfg.compile, x_s, x_d, inv_s, inv_d, torch.cat([inv_d[:nb], inv_u]), own_b, own_j, weight,
-        _log_q(batch.dst_prob, dst, nb, len(uniform)) if lq else None,
-        _log_q(batch.dst_prob, neg_ids, nb, len(uniform)) if lq else None,
+        *_log_q(cfg, batch.dst_prob, dst, neg_ids, nb, len(uniform)),
         pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss, margin=cfg.margin,
         temperature=cfg.temperature, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
         shared=s_t == d_t)
