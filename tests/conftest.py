@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from mixrec.config import Config
 from mixrec.data.ingest import build_dataset
 from mixrec.data.synthetic import SyntheticSpec, generate
 
@@ -13,6 +14,12 @@ def small_spec(**kw) -> SyntheticSpec:
     base = dict(n_users=300, n_items=200, n_clusters=6, edges_per_user=(15, 30), seed=0)
     base.update(kw)
     return SyntheticSpec(**base)
+
+
+def small_config(epochs: int, **over) -> Config:
+    """The small training configuration that the serving, fold-in and funnel tests train their models with."""
+    return Config().with_overrides({"dim": 8, "epochs": epochs, "batch_size": 256, "negatives.batch": 32,
+                                    "negatives.uniform": 32, "components.user": 3, **over})
 
 
 @pytest.fixture(scope="session")

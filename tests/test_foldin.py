@@ -5,22 +5,19 @@ import pytest
 import torch
 
 from mixrec.cli import main
-from mixrec.config import Config
 from mixrec.foldin import (FoldInSettings, fold_in, fold_in_model, foldin_loss, foldin_weights, kmeans_init,
                            pad_histories, read_histories)
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 from mixrec.retrieve import Retriever
 from mixrec.train import train
 from mixrec.train.step import Batch, batch_loss
-
-SMALL = {"dim": 8, "epochs": 3, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
+from tests.conftest import small_config
 
 
 @pytest.fixture(scope="module")
 def model(planted, tmp_path_factory):
     ds, _ = planted
-    return train(ds, Config().with_overrides(SMALL), tmp_path_factory.mktemp("fold") / "model", progress=False)
+    return train(ds, small_config(3), tmp_path_factory.mktemp("fold") / "model", progress=False)
 
 
 def _histories(model, users):

@@ -5,20 +5,17 @@ import pytest
 import yaml
 
 from mixrec.cli import main
-from mixrec.config import Config
 from mixrec.funnel import Funnel, Query, QueryError
 from mixrec.funnel.fit import candidate_lists, fit_ranker, holdout_split
 from mixrec.retrieve import Retriever
 from mixrec.train import train
-
-SMALL = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
+from tests.conftest import small_config
 
 
 @pytest.fixture(scope="module")
 def setup(planted, tmp_path_factory):
     ds, _ = planted
-    model = train(ds, Config().with_overrides(SMALL), tmp_path_factory.mktemp("funnel") / "m", progress=False)
+    model = train(ds, small_config(2), tmp_path_factory.mktemp("funnel") / "m", progress=False)
     tr = ds.split("train")
     hold = holdout_split(tr.src, tr.dst, tr.rel, 0.2, seed=0)
     fit = Funnel(model, history=(tr.src[~hold], tr.dst[~hold], tr.rel[~hold]))

@@ -3,20 +3,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from mixrec.config import Config
 from mixrec.funnel import Funnel, Query
 from mixrec.funnel.fit import candidate_lists, fit_ranker
 from mixrec.serve import ServeSettings, create_app
 from mixrec.train import train
-
-SMALL = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
+from tests.conftest import small_config
 
 
 @pytest.fixture(scope="module")
 def model(planted, tmp_path_factory):
     ds, _ = planted
-    return train(ds, Config().with_overrides(SMALL), tmp_path_factory.mktemp("fserve") / "m", progress=False)
+    return train(ds, small_config(2), tmp_path_factory.mktemp("fserve") / "m", progress=False)
 
 
 @pytest.fixture(scope="module")

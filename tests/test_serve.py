@@ -8,14 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mixrec.cli import build_parser
-from mixrec.config import Config
 from mixrec.retrieve import Retriever
 from mixrec.serve import ServeSettings, create_app, is_loopback
 from mixrec.serve.state import IdLookup, Snapshot
 from mixrec.train import train
-
-SMALL = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
+from tests.conftest import small_config
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +20,8 @@ def models(planted, tmp_path_factory):
     """Two models of the same data (different seeds): A is served first, B is reloaded to."""
     ds, _ = planted
     root = tmp_path_factory.mktemp("serve")
-    a = train(ds, Config().with_overrides(SMALL), root / "a", progress=False)
-    b = train(ds, Config().with_overrides({**SMALL, "seed": 1}), root / "b", progress=False)
+    a = train(ds, small_config(2), root / "a", progress=False)
+    b = train(ds, small_config(2, seed=1), root / "b", progress=False)
     return a, b
 
 

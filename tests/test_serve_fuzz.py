@@ -7,19 +7,17 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mixrec.config import Config
 from mixrec.serve import ServeSettings, create_app
 from mixrec.train import train
+from tests.conftest import small_config
 
-SMALL = {"dim": 8, "epochs": 1, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
 FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @pytest.fixture(scope="module")
 def client(planted, tmp_path_factory):
     ds, _ = planted
-    m = train(ds, Config().with_overrides(SMALL), tmp_path_factory.mktemp("fuzz") / "m", progress=False)
+    m = train(ds, small_config(1), tmp_path_factory.mktemp("fuzz") / "m", progress=False)
     app = create_app(ServeSettings(model_dir=str(m.path), max_k=200, max_history=100, max_body_bytes=20000,
                                    foldin_steps=5))
     with TestClient(app, raise_server_exceptions=False) as c:

@@ -7,12 +7,10 @@ import httpx
 import pytest
 import uvicorn
 
-from mixrec.config import Config
 from mixrec.serve import ServeSettings, create_app
 from mixrec.train import train
+from tests.conftest import small_config
 
-SMALL = {"dim": 8, "epochs": 1, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.user": 3}
 DURATION_S = 3.0  # how long the load runs; nothing is asserted about timing
 CLIENTS = 8
 
@@ -21,8 +19,8 @@ CLIENTS = 8
 def server(planted, tmp_path_factory):
     ds, _ = planted
     root = tmp_path_factory.mktemp("load")
-    a = train(ds, Config().with_overrides(SMALL), root / "a", progress=False)
-    b = train(ds, Config().with_overrides({**SMALL, "seed": 3}), root / "b", progress=False)
+    a = train(ds, small_config(1), root / "a", progress=False)
+    b = train(ds, small_config(1, seed=3), root / "b", progress=False)
     app = create_app(ServeSettings(model_dir=str(a.path)))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
