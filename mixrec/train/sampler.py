@@ -20,9 +20,9 @@ class TrainingEdges:
     dst: list[np.ndarray]
     weight: list[np.ndarray]
     num_targets: list[int]
-    num_sources: list[int] | None = None
-    src_prob: list[np.ndarray | None] | None = None  # per relation: share of its edges per source (log-Q)
-    dst_prob: list[np.ndarray | None] | None = None  # per relation: share of its edges per destination
+    num_sources: list[int]
+    src_prob: list[np.ndarray | None]  # per relation: share of its edges per source (two-sided log-Q only)
+    dst_prob: list[np.ndarray | None]  # per relation: share of its edges per destination (log-Q)
 
     @property
     def total(self) -> int:
@@ -76,7 +76,7 @@ def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
         n_src, n_dst = dataset.num(r.source_type), dataset.num(r.target_type)
         out.num_targets.append(n_dst)
         out.num_sources.append(n_src)
-        out.src_prob.append(edge_shares(e.src, n_src) if log_q else None)
+        out.src_prob.append(edge_shares(e.src, n_src) if log_q and cfg.negatives.two_sided else None)
         out.dst_prob.append(edge_shares(e.dst, n_dst) if log_q else None)
     return out
 
@@ -119,6 +119,4 @@ def make_batches(edges: TrainingEdges, cfg: Config, epoch: int,
         if cfg.negatives.two_sided:
             uniform_src = neg_rng.integers(0, edges.num_sources[code], size=cfg.negatives.uniform, dtype=np.int64)
         yield Batch(r.source_type, r.target_type, edges.src[code][pos], edges.dst[code][pos],
-                    edges.weight[code][pos], uniform, uniform_src,
-                    edges.src_prob[code] if edges.src_prob else None,
-                    edges.dst_prob[code] if edges.dst_prob else None)
+                    edges.weight[code][pos], uniform, uniform_src, edges.src_prob[code], edges.dst_prob[code])
