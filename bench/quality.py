@@ -8,7 +8,11 @@
 Reads ../shared/data (a missing dataset is skipped, nothing is copied). Full ranking over all items with
 the user's training items excluded (tmall_mb: only the user's *buy* training items, target buy). Baselines
 are tuned on the validation split where one ships (gowalla) and otherwise on a seeded 10% hold-out of the
-training edges; the test split is only used for the reported numbers.
+training edges; the test split is only used for the reported numbers. Where a valid split ships, the
+default ``--valid-protocol refit`` is the published one: the valid split picks the epochs (mixrec's early
+stopping) and ALS's settings, then every model is refitted on train + valid, whose items are all excluded
+from the test ranking (gowalla's train + valid is LightGCN's original training set); ``hold-out`` trains
+on train only and excludes train items only.
 """
 from __future__ import annotations
 
@@ -78,7 +82,8 @@ ALS_GRID_SMALL = [ALSParams(factors=f, regularization=r, alpha=10.0) for f in (6
 class Bench:
     """One dataset prepared for evaluation: ingested dataset(s), test truth, exclusion CSR, labels."""
 
-    def __init__(self, name: str, work: Path, variant: str | None = None, sample_users: int | None = None):
+    def __init__(self, name: str, work: Path, variant: str | None = None, sample_users: int | None = None,
+                 protocol: str = "refit"):
         self.name, self.spec, self.variant, self.sample_users = name, DATASETS[name], variant, sample_users
         self.work = work / (name if variant is None else f"{name}-{variant}")
         t0 = time.perf_counter()
@@ -90,6 +95,8 @@ class Bench:
         ingest(src, self.work / "data", split_col="split", relation_col=self.spec.get("relation_col"),
                progress=False)
         self.data = Dataset.load(self.work / "data")
+        self.refit = protocol == "refit" and self.data.has_split("valid")
+        self.eval_data = _merge_valid(self.data) if self.refit else self.data  # what the final models fit
         self.ingest_s = time.perf_counter() - t0
         self.target = self.spec["target"] or self.data.relations[0].name
         self.n_users, self.n_items = self.data.num("user"), self.data.num("item")
@@ -97,7 +104,7 @@ class Bench:
         self.users = np.unique(test.src)
         self.truth = csr_from_pairs(np.searchsorted(self.users, test.src), test.dst, len(self.users))
         rels = [self.target] if self.spec["exclude"] == "relation" else None
-        seen = self.data.split("train", relations=rels)
+        seen = self.eval_data.split("train", relations=rels)
         self.exclude = csr_from_pairs(seen.src, seen.dst, self.n_users)
         self.labels, self.resume = None, False
         if self.spec["labels"]:
@@ -107,6 +114,7 @@ class Bench:
     def row(self, model: str, ranking: str, metrics: dict, **extra) -> dict:
         return {"dataset": self.name + (f" ({self.sample_users} users)" if self.sample_users else ""),
                 "variant": self.variant, "model": model, "ranking": ranking,
+                **({"protocol": "refit"} if self.refit else {}),
                 "k": self.spec["k"], "metrics": metrics, **extra}
 
     def score_topk(self, top: np.ndarray, label: str) -> dict:
@@ -121,7 +129,7 @@ class Bench:
     # ------------------------------------------------------------------ baselines
     def popularity(self) -> dict:
         t0 = time.perf_counter()
-        train_dst = self.data.split("train", relations=[self.target]).dst
+        train_dst = self.eval_data.split("train", relations=[self.target]).dst
         top = popularity_topk(train_dst, self.n_items, self.users, max(self.spec["ks"]), self.exclude)
         return self.row("popularity", "exact", self.score_topk(top, "popularity"), train_s=time.perf_counter() - t0)
 
@@ -151,7 +159,8 @@ class Bench:
 
         best, trials = tune_als((fit_src, fit_dst), valid_recall, self.n_users, self.n_items, grid)
         t1 = time.perf_counter()
-        uf, itf = fit_als(train_e.src, train_e.dst, self.n_users, self.n_items, best)
+        final = self.eval_data.split("train")  # train (+ valid with the refit protocol)
+        uf, itf = fit_als(final.src, final.dst, self.n_users, self.n_items, best)
         fit_s = time.perf_counter() - t1
         top = factor_topk(uf, itf, self.users, max(self.spec["ks"]), self.exclude)
         print(f"  ALS best {best.__dict__} (tuning {time.perf_counter() - t0:.0f}s)", flush=True)
@@ -163,21 +172,37 @@ class Bench:
         cfg = Config().with_overrides(over)
         out = self.work / _dir_name(label)
         t0 = time.perf_counter()
-        model = train(self.data, cfg, out, progress=False, resume=self.resume)
+        select = out.with_name(out.name + "-select") if self.refit else out
+        model = train(self.data, cfg, select, progress=False, resume=self.resume)
+        hist = model.info["history"]
+        refit = {}
+        if self.refit:  # the epochs early stopping chose on valid, then train + valid from scratch
+            epochs = model.info.get("best_epoch") or len(hist)
+            cfg = cfg.with_overrides({"epochs": epochs, "early_stopping.patience": 0})
+            model = train(self.eval_data, cfg, out, progress=False, resume=self.resume)
+            refit = {"refit_epochs": epochs}
         train_s = time.perf_counter() - t0
-        rep = evaluate(model, self.data, self.spec["ks"], relation=self.target,
+        rep = evaluate(model, self.eval_data, self.spec["ks"], relation=self.target,
                        exclude_seen=self.spec["exclude"], labels=self.labels)
         save_json(out / "evaluation.json", rep)
         res = rep["relations"][self.target]
-        hist = model.info["history"]
         extra = {"train_s": train_s, "config": over, "section": section, "epochs": len(hist),
-                 "history": hist, "model_dir": str(out)}
+                 "history": hist, "model_dir": str(out), **refit}
         rows = [self.row(label, name, res[m], **extra) for m, name in (("exact", "exact"),
                                                                        ("retrieval", "round-robin"))]
         if self.labels is not None and section == "main":
             probe = label_probe(model.vectors("item").flatten(1).numpy(), self.labels.dense(), seed=0)
             rows.append(self.row(label, "probe", probe, section="probe", config=over, epochs=len(hist)))
         return rows
+
+
+def _merge_valid(data: Dataset) -> Dataset:
+    """The dataset with its valid edges moved into train (and no valid split)."""
+    from mixrec.data.dataset import Edges
+    tr, va = data.edges["train"], data.edges["valid"]
+    merged = Edges(*(np.concatenate([getattr(tr, f), getattr(va, f)]) for f in ("src", "dst", "rel", "weight")))
+    edges = {k: v for k, v in data.edges.items() if k != "valid"}
+    return Dataset(ids=data.ids, relations=data.relations, edges={**edges, "train": merged})
 
 
 def _dir_name(label: str) -> str:
@@ -232,7 +257,7 @@ def run(a) -> list[dict]:
         variants = [None, "buy-only"] if DATASETS[name]["target"] == "buy" else [None]
         variants = [v for v in variants if (v or "main") in a.variants]
         for variant in variants:
-            b = Bench(name, Path(a.work), variant, a.sample_users)
+            b = Bench(name, Path(a.work), variant, a.sample_users, a.valid_protocol)
             b.resume = a.resume
             tag = "" if variant is None else f" ({variant})"
             print(f"{name}{tag}: {b.n_users:,} users, {b.n_items:,} items, {len(b.users):,} test users", flush=True)
@@ -290,6 +315,9 @@ def main() -> None:
                    help="tmall_mb: train on all behaviours (main) and/or on buy only")
     p.add_argument("--variant-epochs", type=int, default=None, help="epochs of the buy-only variant's models")
     p.add_argument("--ablation-epochs", type=int, default=None, help="epochs of the ablation runs")
+    p.add_argument("--valid-protocol", default="refit", choices=["refit", "hold-out"],
+                   help="where a valid split ships: pick epochs/settings on it, then refit on train + valid and "
+                        "exclude those items (refit, the published protocol), or train on train only (hold-out)")
     p.add_argument("--resume", action="store_true",
                    help="continue mixrec models from their checkpoints in --work (e.g. a stopped run, fewer epochs)")
     p.add_argument("--sample-users", type=int, default=None,

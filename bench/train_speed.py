@@ -7,9 +7,9 @@
 The graph: 10k sources x 5k destinations, about 200k training edges in planted interest clusters (so quality
 is measurable), the last 20% of each source's edges held out. Both systems train with cosine scores, dim 64,
 50 in-batch + 50 uniform negatives on the destination side only, batches of 1000, row-wise Adagrad (lr 0.1),
-margin 0.1, init scale 0.1, 2 HOGWILD workers: "single" is one vector per entity; "mixture" 5 source
-components x 1 destination component (PBG: the ``smoothmax_mixture`` comparator plugin of
-bench/pbg_smoothmax.py). Each run is a fresh child process; the parent samples the peak PSS of its process
+margin 0.1 (``--softmax`` adds mixrec's default sampled-softmax loss), init scale 0.1, 2 HOGWILD workers:
+"single" is one vector per entity; "mixture" 5 source components x 1 destination component (PBG: the
+``smoothmax_mixture`` comparator plugin of bench/pbg_smoothmax.py). Each run is a fresh child process; the parent samples the peak PSS of its process
 tree (shared memory counted once). Edges/s are training edges over the epochs' training time (the first
 epoch left out as warm-up); edges/CPU-s divide them by the CPU seconds the child's process tree used in
 those epochs instead, which other load on a shared machine does not distort; test MRR and Recall@10 rank each held-out destination among all destinations
@@ -86,17 +86,18 @@ def load_dataset(graph: Path) -> Dataset:
 
 
 # --------------------------------------------------------------------- the two systems
-def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", compile_step: bool = False) -> Config:
+def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", compile_step: bool = False,
+                  loss: str = "margin") -> Config:
     cs, cd = SHAPES[model]
     return Config().with_overrides({
         "dim": DIM, "components": {"user": cs, "item": cd}, "epochs": epochs, "batch_size": BATCH,
-        "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "loss": "margin", "lr": 0.1, "margin": 0.1,
+        "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "loss": loss, "lr": 0.1, "margin": 0.1,
         "init_scale": 0.1,
         "workers": workers, "early_stopping.patience": 0, "device": device, "compile": compile_step})
 
 
 def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str, name: str,
-                 compile_step: bool = False) -> None:
+                 compile_step: bool = False, loss: str = "margin") -> None:
     """Train mixrec in this (child) process; writes embeddings and result.json under work/NAME-MODEL."""
     from mixrec.train.trainer import Trainer
     torch.set_num_threads(1)
@@ -105,7 +106,7 @@ def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str,
     ds = load_dataset(work / "graph")
     cpu = [tree_cpu_seconds()]
     t0 = time.perf_counter()
-    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step), None, progress=False,
+    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step, loss), None, progress=False,
                       callbacks=[lambda ev: ev.kind == "epoch" and cpu.append(tree_cpu_seconds())])
     trained = trainer.fit()
     wall = time.perf_counter() - t0
@@ -233,6 +234,9 @@ def run_all(args) -> dict:
         if args.compile:
             systems.append(("mixrec-compiled", cmd + ["--workers", str(args.workers), "--name", "mixrec-compiled",
                                                       "--compile"], None))
+        if args.softmax:
+            systems.append(("mixrec-softmax", cmd + ["--workers", str(args.workers), "--name", "mixrec-softmax",
+                                                     "--loss", "softmax"] + ["--compile"] * args.compile, None))
         if pbg_py:
             pbg = [str(pbg_py), str(HERE / "pbg_run.py"), str(work), "--model", model, "--epochs", str(args.epochs),
                    "--workers", str(args.workers)]
@@ -279,7 +283,7 @@ def print_report(rep: dict) -> None:
         if a and one:
             print(f"HOGWILD scaling {model}: {rep['workers']} workers / 1 worker = "
                   f"{a['edges_per_s'] / one['edges_per_s']:.2f}x")
-        for system in ("mixrec", "mixrec-compiled"):
+        for system in ("mixrec", "mixrec-compiled", "mixrec-softmax"):
             a = runs.get(f"{system}/{model}")
             if not (a and b):
                 continue
@@ -314,11 +318,16 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true",
                     help="also train mixrec with compile=true (torch.compile of the step; the first epoch, which "
                          "includes the compilation, is left out of the rates like every warm-up epoch)")
+    ap.add_argument("--softmax", action="store_true",
+                    help="also train mixrec with its default loss (sampled softmax, temperature 0.1, log-Q) on the "
+                         "same negatives, compiled when --compile is given")
+    ap.add_argument("--loss", default="margin", choices=["margin", "softmax"], help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--name", default="mixrec", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile)
+        mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile,
+                     args.loss)
         return
     if args.micro_into:
         torch.set_num_threads(os.cpu_count() or 1)

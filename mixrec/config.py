@@ -38,6 +38,10 @@ class NegativesConfig(_Strict):
     two_sided: bool = Field(False, description="also corrupt the source side: other sources of the batch and "
                             "`uniform` sources drawn uniformly, scored against the positive's destination "
                             "(the paper samples one-sided, destinations only)")
+    cross_partition: int = Field(65536, ge=0, description="partitioned training: up to this many rows of the "
+                                 "destination type's other partitions, sampled per bucket (trained, then written "
+                                 "back), join the uniform negatives, which are then drawn over the whole type; 0 "
+                                 "draws them from the bucket's own destination partition (PyTorch-BigGraph's scheme)")
 
     @model_validator(mode="after")
     def _some(self):
@@ -128,6 +132,10 @@ class Config(_Strict):
     eval_every: int = Field(0, ge=0, description="log validation recall every N epochs (0: only with early stopping)")
     partitions: dict[str, int] = Field(default_factory=dict, description="partitions.<entity type> = P; P > 1 "
                                        "for any type trains from disk bucket by bucket (default 1: in memory)")
+    edge_chunks: int = Field(1, ge=1, description="partitioned training: each bucket's edges are split into this "
+                             "many random parts and an epoch trains the first part of every bucket, then the "
+                             "second, ... (PyTorch-BigGraph's num_edge_chunks): sources and destinations meet "
+                             "all partitions in turn more often, for that many more partition swaps")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @field_validator("components", "partitions")

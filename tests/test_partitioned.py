@@ -6,6 +6,7 @@ import torch
 from mixrec.config import Config, ConfigError
 from mixrec.data.dataset import Dataset, Edges, Relation
 from mixrec.evaluate.exact import sample_recall
+from mixrec.io import load_array
 from mixrec.model import MixtureModel
 from mixrec.retrieve import Retriever
 from mixrec.train import partitioned as part
@@ -109,26 +110,56 @@ def test_exported_model_matches_an_in_memory_model_of_the_same_tables(planted, t
     assert got.info["partitions"] == {"user": 3, "item": 2}
 
 
-def test_buckets_hold_two_partitions_and_draw_negatives_from_the_destination_partition(planted, tmp_path,
-                                                                                       monkeypatch):
+@pytest.mark.parametrize("cross", [0, 10_000])
+def test_buckets_hold_two_partitions_and_draw_negatives_over_the_destination_type(planted, tmp_path, monkeypatch,
+                                                                                  cross):
     ds, _ = planted
-    cfg = fast(**{"partitions.user": 3, "partitions.item": 2, "epochs": 1})
+    cfg = fast(**{"partitions.user": 3, "partitions.item": 2, "epochs": 1, "negatives.cross_partition": cross})
     trainer = part.PartitionedTrainer(GraphSource.open(ds), cfg, tmp_path, progress=False)
     trainer.prepare()
     seen = []
     real_step = part.train_step
 
     def spy(batch, tables, states, c):
-        seen.append((tuple(sorted(trainer.store.loaded)), tables["src"].shape[0], tables["dst"].shape[0],
-                     batch.src.max(), batch.dst.max(), batch.uniform.max()))
+        (_, i), = [k for k in trainer.store.loaded if k[0] == "user"]
+        (_, j), = [k for k in trainer.store.loaded if k[0] == "item"]
+        seen.append((i, j, tables["src"].shape[0], tables["dst"].shape[0], batch.src.max(), batch.dst.max(),
+                     batch.uniform.max(), len(states["dst"])))
         return real_step(batch, tables, states, c)
 
     monkeypatch.setattr(part, "train_step", spy)
     rec = trainer.run_epoch(0)
     assert rec["buckets"] == 6 and len(trainer.store.loaded) == 0
-    assert {loaded for loaded, *_ in seen} == {(("item", j), ("user", i)) for i in range(3) for j in range(2)}
-    for loaded, n_s, n_d, s, d, u in seen:
-        assert s < n_s and d < n_d and u < n_d
+    assert {(i, j) for i, j, *_ in seen} == {(i, j) for i in range(3) for j in range(2)}
+    n_items = ds.num("item")
+    for i, j, n_s, n_d, s, d, u, n_state in seen:
+        local = trainer.store.size("item", j)
+        assert n_s == trainer.store.size("user", i) and s < n_s and d < local and n_state == n_d
+        if cross:  # the whole item type: own rows, then the other partition's rows
+            assert n_d == n_items and u < n_d
+        else:
+            assert n_d == local and u < local
+    if cross:
+        assert any(u >= trainer.store.size("item", j) for _, j, *_, u, _ in seen)
+
+
+@pytest.mark.parametrize("cross", [0, 10_000])
+def test_a_bucket_updates_the_other_destination_partition_only_through_the_pool(planted, tmp_path, cross):
+    ds, _ = planted
+    cfg = fast(**{"partitions.item": 2, "epochs": 1, "negatives.cross_partition": cross})
+    trainer = part.PartitionedTrainer(GraphSource.open(ds), cfg, tmp_path, progress=False)
+    trainer.prepare()
+    other = np.array(trainer.store.read("item", 1))
+    own = np.array(trainer.store.read("item", 0))
+    _, done = trainer.run_bucket(0, ("user", "item"), 0, 0)
+    trainer.store.release()
+    assert done > 0 and not np.array_equal(np.array(trainer.store.read("item", 0)), own)
+    changed = np.abs(np.array(trainer.store.read("item", 1)) - other).max(axis=(1, 2)) > 0
+    state = np.array(load_array(trainer.store.paths("item", 1)[1]))
+    if cross:  # negatives from partition 1 were trained and their changes (and Adagrad state) written back
+        assert changed.mean() > 0.5 and np.array_equal(state > 0, changed)
+    else:
+        assert not changed.any() and not state.any()
 
 
 def test_partitioned_training_learns_and_serves(planted, tmp_path):
@@ -168,3 +199,36 @@ def test_same_type_relation_and_unsupported_edge_weight(tmp_path):
     with pytest.raises(ValueError, match="only the 'default' edge weight"):
         train(ds, fast(**{"partitions.user": 2, "relations.friend.edge_weight": "other"}), tmp_path / "n",
               progress=False)
+
+
+def test_edge_chunks_split_each_bucket_into_disjoint_parts_visited_in_rounds(planted, tmp_path, monkeypatch):
+    rec = np.arange(103)
+    parts = [part._chunk(rec, c, 4, [0, 1]) for c in range(4)]
+    assert sorted(np.concatenate(parts).tolist()) == list(range(103)) and {len(p) for p in parts} == {25, 26}
+    assert not np.array_equal(parts[0], np.arange(25))  # random parts, not the file's order
+    assert part._chunk(rec, 0, 1, [0]) is rec
+    ds, _ = planted
+    cfg = fast(**{"partitions.user": 2, "partitions.item": 2, "epochs": 1, "edge_chunks": 3})
+    trainer = part.PartitionedTrainer(GraphSource.open(ds), cfg, tmp_path, progress=False)
+    trainer.prepare()
+    visits = []
+    real = trainer.run_bucket
+    monkeypatch.setattr(trainer, "run_bucket", lambda e, pair, i, j, chunk=0: visits.append((chunk, i, j))
+                        or real(e, pair, i, j, chunk=chunk))
+    rec = trainer.run_epoch(0)
+    assert [v[0] for v in visits] == [0] * 4 + [1] * 4 + [2] * 4  # every bucket's first part, then the second
+    assert rec["loss"] > 0
+    trained = sum(real(0, ("user", "item"), i, j, chunk=c)[1] for c in range(3) for i in range(2) for j in range(2))
+    assert trained == len(ds.split("train"))
+
+
+def test_heap_settings_apply_where_glibc_is_present():
+    import ctypes.util
+
+    from mixrec.train.memory import keep_freed_heap
+    assert keep_freed_heap() == bool(ctypes.util.find_library("c") and _is_glibc())
+
+
+def _is_glibc() -> bool:
+    import platform
+    return platform.libc_ver()[0] == "glibc"

@@ -143,6 +143,19 @@ def test_resume_after_interrupt_equals_uninterrupted(planted, tmp_path):
     assert [h["epoch"] for h in resumed.info["history"]] == [1, 2, 3]
 
 
+def test_resume_may_switch_compilation_on(planted, tmp_path, monkeypatch):
+    from mixrec.train import fused
+    monkeypatch.setattr(fused, "_compiled", {"failed": True})  # the eager step, without a compiler's delay
+    ds, _ = planted
+    full = train(ds, fast(epochs=2), tmp_path / "full", progress=False)
+    with pytest.raises(Interrupt):
+        train(ds, fast(epochs=2), tmp_path / "cut", progress=False, callbacks=[_kill_at(1, 2)])
+    resumed = train(ds, fast(epochs=2, compile=True), tmp_path / "cut", resume=True, progress=False)
+    assert resumed.config.compile
+    for t in full.tables:
+        assert torch.allclose(full.tables[t], resumed.tables[t], atol=1e-6)
+
+
 def test_resume_with_other_config_is_refused(planted, tmp_path):
     ds, _ = planted
     with pytest.raises(Interrupt):

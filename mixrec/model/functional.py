@@ -224,20 +224,21 @@ def sampled_softmax_loss_with_grad(pos: Tensor, neg: Tensor, temperature: float,
 
     A negative score of -inf drops that candidate (its probability and gradient are 0), as a mask would.
     """
-    logits = torch.cat([pos.unsqueeze(-1), neg], dim=-1).mul_(1.0 / temperature)
+    inv_t = 1.0 / temperature
+    z_pos, z_neg = pos * inv_t, neg * inv_t
     if pos_logq is not None:
-        logits[:, 0] -= pos_logq
+        z_pos = z_pos - pos_logq
     if neg_logq is not None:
-        logits[:, 1:] -= neg_logq
-    lse = torch.logsumexp(logits, dim=-1)
-    per_pos = lse - logits[:, 0]
-    p = torch.exp(logits.sub_(lse.unsqueeze(-1)))  # softmax, in place of the logits
-    p[:, 0] -= 1.0
+        z_neg = z_neg - neg_logq
+    top = torch.maximum(z_pos, z_neg.amax(-1))  # shift by the row max (the positive is finite)
+    e_pos, e_neg = torch.exp(z_pos - top), torch.exp(z_neg - top.unsqueeze(-1))
+    total = e_pos + e_neg.sum(-1)
+    per_pos = torch.log(total) - (z_pos - top)  # logsumexp - the positive's logit
+    d_pos, d_neg = e_pos / total - 1.0, e_neg / total.unsqueeze(-1)  # softmax - one-hot
     if weight is not None:
         per_pos = per_pos * weight
-        p.mul_(weight.unsqueeze(-1))
-    p.mul_(1.0 / temperature)
-    return per_pos.sum(), p[:, 0], p[:, 1:]
+        d_pos, d_neg = d_pos * weight, d_neg * weight.unsqueeze(-1)
+    return per_pos.sum(), d_pos * inv_t, d_neg * inv_t
 
 
 def equal_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -30,6 +30,7 @@ from mixrec.config import Config, ConfigError
 from mixrec.data.dataset import Dataset
 from mixrec.model.mixture import MixtureModel
 from mixrec.train.device import on_device
+from mixrec.train.memory import keep_freed_heap
 from mixrec.train.sampler import epoch_schedule, make_batches
 from mixrec.train.step import train_step
 from mixrec.train.trainer import Trainer
@@ -62,6 +63,7 @@ class DistributedTrainer(Trainer):
             raise ValueError("distributed training runs one training process per rank; set workers=1 "
                              "and raise --nproc_per_node instead")
         super().__init__(dataset, config, out, progress and self.rank == 0)
+        keep_freed_heap()  # the synchronisations allocate whole-table deltas
         self.epoch_stats: dict = {}
         for t in self.model.tables:  # the seeded initialisation is the same everywhere; make sure of it
             self._broadcast(self.model.tables[t])

@@ -4,8 +4,10 @@ Each entity type ``t`` is cut into ``partitions.<t>`` contiguous index ranges. T
 on disk by (relation, source partition, destination partition); the embedding table and the row-wise
 Adagrad state of every partition live in ``.npy`` files under ``<out>/checkpoint/``. An epoch visits the
 buckets source partition by source partition (destination partitions in snake order, so one of them stays
-loaded across the switch), holds only the two partitions a bucket needs in memory, and draws uniform
-negatives from the bucket's destination partition, as PBG does. The result is an ordinary model directory.
+loaded across the switch) and holds only the two partitions a bucket needs in memory. Uniform negatives
+come from the bucket's destination partition plus a sample of rows of the other destination partitions,
+trained and written back (:mod:`mixrec.train.negative_pool`; ``negatives.cross_partition = 0`` keeps PBG's
+own-partition scheme). The result is an ordinary model directory.
 """
 from __future__ import annotations
 
@@ -26,6 +28,9 @@ from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.io import load_array, save_array, save_json
 from mixrec.train.graph_source import GraphSource
+from mixrec.train.memory import keep_freed_heap
+from mixrec.train.negative_pool import BucketNegatives, bucket_negatives
+from mixrec.train.sampler import edge_shares
 from mixrec.train.step import Batch, train_step
 from mixrec.train.trainer import RESUMABLE as TRAINER_RESUMABLE
 
@@ -145,6 +150,32 @@ class PartitionStore:
         """Partition ``p`` of ``t`` as a read-only memory map (for export; nothing is loaded)."""
         return load_array(self.paths(t, p)[0], mmap=True)
 
+    def read_rows(self, t: str, p: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(table rows, state rows) of partition ``p``, from memory when loaded, else from its files."""
+        if (t, p) in self.loaded:
+            tab, state = self.loaded[(t, p)]
+            idx = torch.from_numpy(rows)
+            return tab[idx].numpy(), state[idx].numpy()
+        t0 = time.perf_counter()
+        got = tuple(np.asarray(load_array(f, mmap=True)[rows]) for f in self.paths(t, p))
+        self.io_seconds += time.perf_counter() - t0
+        return got
+
+    def add_rows(self, t: str, p: int, rows: np.ndarray, d_tab: np.ndarray, d_state: np.ndarray) -> None:
+        """Add changes to rows (unique) of partition ``p``: in memory when loaded, else by rewriting its files
+        atomically."""
+        if (t, p) in self.loaded:
+            idx = torch.from_numpy(rows)
+            for arr, d in zip(self.loaded[(t, p)], (d_tab, d_state)):
+                arr.index_add_(0, idx, torch.from_numpy(d))
+            return
+        t0 = time.perf_counter()
+        for path, d in zip(self.paths(t, p), (d_tab, d_state)):
+            arr = np.array(load_array(path, mmap=True))
+            arr[rows] += d
+            save_array(path, arr)
+        self.io_seconds += time.perf_counter() - t0
+
 
 class PartitionedTrainer:
     """Trains bucket by bucket from ``source`` with state under ``work`` (``<out>/checkpoint``)."""
@@ -156,6 +187,7 @@ class PartitionedTrainer:
         self.buckets: BucketIndex | None = None
         self.history: list[dict] = []
         self.epochs_done = 0
+        keep_freed_heap()
 
     def prepare(self, resume: bool = False) -> None:
         """Bucket the edges and initialise the tables, or pick both up from a previous run when ``resume``."""
@@ -185,48 +217,72 @@ class PartitionedTrainer:
                 for i, j in snake_order(self.config.partitions_of(pair[0]), self.config.partitions_of(pair[1]))]
 
     def run_bucket(self, epoch: int, pair: tuple[str, str], i: int, j: int,
-                   limit: int | None = None) -> tuple[float, int]:
-        """Train one bucket's edges (all relations of the type pair); returns (loss sum, edges trained).
+                   limit: int | None = None, chunk: int = 0) -> tuple[float, int]:
+        """Train one bucket's edges (all relations of the type pair), or its part ``chunk`` of
+        ``edge_chunks``; returns (loss sum, edges trained).
 
         ``limit`` stops after about that many edges (for measuring a fraction of a large bucket).
         """
         cfg, (s_t, d_t) = self.config, pair
         codes = [c for c, r in enumerate(self.source.relations)
                  if (r.source_type, r.target_type) == pair and cfg.relation(r.name).weight > 0]
-        recs = {c: self.buckets.read(c, i, j) for c in codes}
+        seed = [cfg.seed, epoch, zlib.crc32(f"{s_t}/{d_t}".encode()), i, j]
+        recs = {c: _chunk(self.buckets.read(c, i, j), chunk, cfg.edge_chunks, seed + [c]) for c in codes}
         if not any(len(v) for v in recs.values()):
             return 0.0, 0
         keep = [(s_t, i), (d_t, j)]
         self.store.release(keep)
         (tab_s, st_s), (tab_d, st_d) = self.store.get(s_t, i), self.store.get(d_t, j)
-        tables, states = {"src": tab_s, "dst": tab_d}, {"src": st_s, "dst": st_d}
-        rng = np.random.default_rng([cfg.seed, epoch, zlib.crc32(f"{s_t}/{d_t}".encode()), i, j])
-        n_neg = self.store.size(d_t, j)
+        rng = np.random.default_rng(seed + ([chunk] if chunk else []))
+        negs = self.bucket_negatives(d_t, j, tab_d, st_d, rng)
+        same = (s_t, i) == (d_t, j)  # one table on both sides: train the extended copy for both
+        tables = {"src": negs.table if same else tab_s, "dst": negs.table}
+        states = {"src": negs.state if same else st_s, "dst": negs.state}
+        probs = {c: self._bucket_shares(recs[c], negs, self.store.size(s_t, i)) for c in codes}
+        u_prob = negs.uniform_prob() if cfg.loss == "softmax" and cfg.logq else None
         total, done = 0.0, 0
         for code, pos in _bucket_schedule(recs, cfg.batch_size, rng):
             if limit is not None and done >= limit:
                 break
             r = recs[code][pos]
-            uniform = rng.integers(0, n_neg, size=cfg.negatives.uniform, dtype=np.int64)
+            uniform = negs.draw(rng, cfg.negatives.uniform)
             u_src = (rng.integers(0, self.store.size(s_t, i), size=cfg.negatives.uniform, dtype=np.int64)
                      if cfg.negatives.two_sided else None)
             batch = Batch("src", "dst", r["src"].astype(np.int64), r["dst"].astype(np.int64),
-                          r["weight"].astype(np.float32), uniform, u_src)
+                          r["weight"].astype(np.float32), uniform, u_src, *probs[code], u_prob)
             total += train_step(batch, tables, states, cfg)
             done += len(pos)
+        negs.write_back(tab_d, st_d, lambda p, *change: self.store.add_rows(d_t, p, *change))
         return total, done
+
+    def bucket_negatives(self, t: str, j: int, table: torch.Tensor, state: torch.Tensor,
+                         rng: np.random.Generator) -> BucketNegatives:
+        """Partition ``j`` of ``t`` plus up to ``negatives.cross_partition`` rows of its other partitions."""
+        sizes = [self.store.size(t, p) for p in range(self.config.partitions_of(t))]
+        return bucket_negatives(table, state, sizes, j, self.config.negatives.cross_partition,
+                                lambda p, rows: self.store.read_rows(t, p, rows), rng)
+
+    def _bucket_shares(self, rec: np.ndarray, negs: BucketNegatives, n_src: int):
+        """(per-source, per-destination) share of the bucket's edges of one relation, for log-Q (else None)."""
+        cfg = self.config
+        if cfg.loss != "softmax" or not cfg.logq:
+            return None, None
+        dst = edge_shares(rec["dst"], len(negs.table))  # pool rows never occur in a batch
+        return (edge_shares(rec["src"], n_src) if cfg.negatives.two_sided else None), dst
 
     def run_epoch(self, epoch: int) -> dict:
         """One pass over every bucket; returns the epoch's history record."""
         t0, io0 = time.perf_counter(), self.store.io_seconds
         loss, edges = 0.0, 0
         plan = self.plan()
-        bar = tqdm(total=len(plan), unit="bucket", disable=not self.progress, leave=False,
+        chunks = self.config.edge_chunks
+        bar = tqdm(total=len(plan) * chunks, unit="bucket", disable=not self.progress, leave=False,
                    desc=f"epoch {epoch + 1}/{self.config.epochs}")
-        for pair, i, j in plan:
-            b_loss, b_edges = self.run_bucket(epoch, pair, i, j)
-            loss, edges = loss + b_loss, edges + b_edges
-            bar.update(1)
+        for chunk in range(chunks):
+            for pair, i, j in plan:
+                b_loss, b_edges = self.run_bucket(epoch, pair, i, j, chunk=chunk)
+                loss, edges = loss + b_loss, edges + b_edges
+                bar.update(1)
         bar.close()
         self.store.release()
         secs = time.perf_counter() - t0
@@ -255,6 +311,15 @@ class PartitionedTrainer:
         save_json(self.work / "state.json", {
             "epochs_done": self.epochs_done, "history": self.history, "config": fingerprint,
             "buckets": [[list(k), v] for k, v in sorted(self.buckets.counts.items())]})
+
+
+def _chunk(rec: np.ndarray, chunk: int, chunks: int, seed: list[int]) -> np.ndarray:
+    """Part ``chunk`` of ``chunks`` of a bucket's records: a slice of one seeded permutation per epoch, so the
+    parts are disjoint and cover the bucket."""
+    if chunks == 1:
+        return rec
+    perm = np.random.default_rng(seed).permutation(len(rec))
+    return rec[np.sort(perm[chunk * len(rec) // chunks:(chunk + 1) * len(rec) // chunks])]
 
 
 def _bucket_schedule(recs: dict[int, np.ndarray], batch_size: int,

@@ -27,6 +27,7 @@ class Batch:
     uniform_src: np.ndarray | None = None  # source indices drawn uniformly (two-sided negatives only)
     src_prob: np.ndarray | None = None  # (N_src,) share of the relation's training edges per source (log-Q)
     dst_prob: np.ndarray | None = None  # (N_dst,) the same per destination
+    dst_uniform_prob: np.ndarray | None = None  # (N_dst,) each destination's chance per uniform draw (None: 1/N_dst)
 
 
 def rowwise_adagrad_(table: torch.Tensor, state: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor,
@@ -60,20 +61,23 @@ def _gather_roles(tables: dict[str, torch.Tensor], roles: list[tuple[str, torch.
 
 
 def _log_q(cfg: Config, prob: np.ndarray | None, pos_ids: torch.Tensor, neg_ids: torch.Tensor, n_batch: int,
-           n_uniform: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+           n_uniform: int, uniform_prob: np.ndarray | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """log of each positive's and negative's expected count among ``n_batch`` in-batch (by ``prob``, the share
-    of edges per node) and ``n_uniform`` uniform negatives; ``(None, None)`` when no correction applies."""
+    of edges per node) and ``n_uniform`` uniform negatives (by ``uniform_prob``, default 1/N each);
+    ``(None, None)`` when no correction applies."""
     if cfg.loss != "softmax" or not cfg.logq or prob is None:
         return None, None
     p = torch.from_numpy(np.asarray(prob)).to(pos_ids.device)
-    return tuple(torch.log(n_batch * p[ids].double() + n_uniform / len(prob)).float() for ids in (pos_ids, neg_ids))
+    u = None if uniform_prob is None else torch.from_numpy(np.asarray(uniform_prob)).to(pos_ids.device)
+    return tuple(torch.log(n_batch * p[ids] + (n_uniform / len(prob) if u is None else n_uniform * u[ids]))
+                 for ids in (pos_ids, neg_ids))
 
 
-def _side_loss(pos, negs, mask, weight, cfg: Config, prob, pos_ids, neg_ids, n_batch, n_uniform):
+def _side_loss(pos, negs, mask, weight, cfg: Config, prob, pos_ids, neg_ids, n_batch, n_uniform, uniform_prob=None):
     if cfg.loss == "margin":
         return margin_loss(pos, negs, cfg.margin, weight, mask.to(negs.dtype))
     return sampled_softmax_loss(pos, negs, cfg.temperature, weight, mask,
-                                *_log_q(cfg, prob, pos_ids, neg_ids, n_batch, n_uniform))
+                                *_log_q(cfg, prob, pos_ids, neg_ids, n_batch, n_uniform, uniform_prob))
 
 
 def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
@@ -98,7 +102,8 @@ def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     pos = pool(product(us, ud, normalized=True), cfg.pooling, **kw)
     negs = pool(product_all(us, un, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw)
     mask = neg.unsqueeze(0) != dst.unsqueeze(1)
-    loss = _side_loss(pos, negs, mask, weight, cfg, batch.dst_prob, dst, neg, nb, len(uniform))
+    loss = _side_loss(pos, negs, mask, weight, cfg, batch.dst_prob, dst, neg, nb, len(uniform),
+                      batch.dst_uniform_prob)
     if two:
         sneg, usn = torch.cat([src[:nb], u_src]), torch.cat([us[:nb], units[3]])
         negs_s = pool(product_all(usn, ud, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw).T
@@ -143,7 +148,7 @@ def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     weight = torch.from_numpy(np.asarray(batch.weight)).to(device, x_s.dtype)
     loss, g_s, g_d = run_fused(
         cfg.compile, x_s, x_d, inv_s, inv_d, torch.cat([inv_d[:nb], inv_u]), own_b, own_j, weight,
-        *_log_q(cfg, batch.dst_prob, dst, neg_ids, nb, len(uniform)),
+        *_log_q(cfg, batch.dst_prob, dst, neg_ids, nb, len(uniform), batch.dst_uniform_prob),
         pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss, margin=cfg.margin,
         temperature=cfg.temperature, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
         shared=s_t == d_t)

@@ -24,7 +24,7 @@ from mixrec.weights import compute_weight_sets
 
 log = logging.getLogger("mixrec.train")
 CHECKPOINT = "checkpoint"
-RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device"}  # config keys a resume may change
+RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device", "compile"}  # keys a resume may change
 
 
 @dataclass
