@@ -232,3 +232,22 @@ def test_heap_settings_apply_where_glibc_is_present():
 def _is_glibc() -> bool:
     import platform
     return platform.libc_ver()[0] == "glibc"
+
+
+def test_store_adds_row_changes_in_memory_and_on_disk(tmp_path):
+    cfg = fast(**{"partitions.item": 2})
+    store = part.PartitionStore(tmp_path, cfg, {"item": 10})
+    store.initialise()
+    rows, d_tab, d_state = np.array([0, 3]), np.ones((2, 1, 8), np.float32), np.array([2.0, 5.0], np.float32)
+    on_disk = np.array(store.read("item", 1))
+    store.add_rows("item", 1, rows, d_tab, d_state)  # not loaded: rewritten on disk
+    got = np.array(store.read("item", 1))
+    assert np.allclose(got[rows], on_disk[rows] + 1) and np.array_equal(np.delete(got, rows, 0),
+                                                                        np.delete(on_disk, rows, 0))
+    assert np.array_equal(np.array(load_array(store.paths("item", 1)[1]))[rows], d_state)
+    tab, state = store.get("item", 0)  # loaded: changed in memory (and written back on release)
+    before = tab.clone()
+    store.add_rows("item", 0, rows, d_tab, d_state)
+    assert torch.allclose(tab[rows], before[rows] + 1) and torch.equal(state[rows], torch.from_numpy(d_state))
+    tab_rows, state_rows = store.read_rows("item", 0, rows)
+    assert np.allclose(tab_rows, tab[rows].numpy()) and np.array_equal(state_rows, d_state)
