@@ -14,8 +14,13 @@ def _fmt(v) -> str:
     return "n/a" if v is None or v != v else f"{v:.4f}"
 
 
+def _epochs(r: dict):
+    """The epochs of the reported model (the refit's, under the refit protocol)."""
+    return r.get("refit_epochs") or r.get("epochs")
+
+
 def _label(r: dict) -> str:
-    epochs = r.get("refit_epochs") or r.get("epochs")
+    epochs = _epochs(r)
     return r["model"] + (f" [{r['variant']}]" if r.get("variant") else "") + \
         (" [train+valid]" if r.get("protocol") == "refit" else "") + \
         (f", {epochs} ep" if epochs and r.get("section", "main") in ("main", "probe") else "")
@@ -41,7 +46,7 @@ def table(rows: list[dict], ratio_to: str | None) -> list[str]:
     for r in rows:
         m = r["metrics"]
         cells = f"| {_label(r)} | {r['ranking']} | " + " | ".join(_fmt(m.get(x)) for x in keys)
-        cells += f" | {r.get('refit_epochs') or r.get('epochs', '')} | {r.get('train_s', 0):.0f} |"
+        cells += f" | {_epochs(r) or ''} | {r.get('train_s', 0):.0f} |"
         if base:  # against the ALS row of the same protocol where there is one
             ref = bases.get(r.get("protocol"), base)
             cells += f" {m[f'recall@{k}'] / ref['metrics'][f'recall@{k}']:.3f} |"

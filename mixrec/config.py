@@ -154,6 +154,11 @@ class Config(_Strict):
         return self.partitions.get(entity_type, 1)
 
     @property
+    def applies_log_q(self) -> bool:
+        """True when the loss subtracts log Q (the sampled softmax with ``logq``): edge shares are needed."""
+        return self.loss == "softmax" and self.logq
+
+    @property
     def partitioned(self) -> bool:
         """True when some entity type is split into partitions (disk-backed training)."""
         return any(p > 1 for p in self.partitions.values())

@@ -51,7 +51,7 @@ class BucketNegatives:
             p[self.local:] = (self.total - self.local) / (self.total * self.pool)
         return p.astype(np.float32)
 
-    def write_back(self, table: torch.Tensor, state: torch.Tensor, write: RowWriter | None = None) -> None:
+    def write_back(self, table: torch.Tensor, state: torch.Tensor, write: RowWriter) -> None:
         """Copy the own-partition rows into ``table``/``state`` and hand each partition's pool-row *changes* to
         ``write``, which adds them (so updates the rows got elsewhere meanwhile, as sources, are kept)."""
         if not self.pool:  # trained in place

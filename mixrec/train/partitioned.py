@@ -239,7 +239,7 @@ class PartitionedTrainer:
         tables = {"src": negs.table if same else tab_s, "dst": negs.table}
         states = {"src": negs.state if same else st_s, "dst": negs.state}
         probs = {c: self._bucket_shares(recs[c], negs, self.store.size(s_t, i)) for c in codes}
-        u_prob = negs.uniform_prob() if cfg.loss == "softmax" and cfg.logq else None
+        u_prob = negs.uniform_prob() if cfg.applies_log_q else None
         total, done = 0.0, 0
         for code, pos in _bucket_schedule(recs, cfg.batch_size, rng):
             if limit is not None and done >= limit:
@@ -265,7 +265,7 @@ class PartitionedTrainer:
     def _bucket_shares(self, rec: np.ndarray, negs: BucketNegatives, n_src: int):
         """(per-source, per-destination) share of the bucket's edges of one relation, for log-Q (else None)."""
         cfg = self.config
-        if cfg.loss != "softmax" or not cfg.logq:
+        if not cfg.applies_log_q:
             return None, None
         dst = edge_shares(rec["dst"], len(negs.table))  # pool rows never occur in a batch
         return (edge_shares(rec["src"], n_src) if cfg.negatives.two_sided else None), dst

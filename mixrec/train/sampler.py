@@ -57,7 +57,6 @@ def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
     """Group the train split by relation and attach omega(e) from ``relations.<name>`` settings."""
     train = dataset.split("train")
     out = TrainingEdges(list(dataset.relations), [], [], [], [], [], [], [])
-    log_q = cfg.loss == "softmax" and cfg.logq
     for code, r in enumerate(dataset.relations):
         e = train.select(train.rel == code)
         rc = cfg.relation(r.name)
@@ -76,8 +75,8 @@ def training_edges(dataset: Dataset, cfg: Config) -> TrainingEdges:
         n_src, n_dst = dataset.num(r.source_type), dataset.num(r.target_type)
         out.num_targets.append(n_dst)
         out.num_sources.append(n_src)
-        out.src_prob.append(edge_shares(e.src, n_src) if log_q and cfg.negatives.two_sided else None)
-        out.dst_prob.append(edge_shares(e.dst, n_dst) if log_q else None)
+        out.src_prob.append(edge_shares(e.src, n_src) if cfg.applies_log_q and cfg.negatives.two_sided else None)
+        out.dst_prob.append(edge_shares(e.dst, n_dst) if cfg.applies_log_q else None)
     return out
 
 

@@ -65,7 +65,7 @@ def _log_q(cfg: Config, prob: np.ndarray | None, pos_ids: torch.Tensor, neg_ids:
     """log of each positive's and negative's expected count among ``n_batch`` in-batch (by ``prob``, the share
     of edges per node) and ``n_uniform`` uniform negatives (by ``uniform_prob``, default 1/N each);
     ``(None, None)`` when no correction applies."""
-    if cfg.loss != "softmax" or not cfg.logq or prob is None:
+    if not cfg.applies_log_q or prob is None:
         return None, None
     p = torch.from_numpy(np.asarray(prob)).to(pos_ids.device)
     u = None if uniform_prob is None else torch.from_numpy(np.asarray(uniform_prob)).to(pos_ids.device)
