@@ -26,9 +26,18 @@ LOSS_SPACE: dict[str, dict[str, tuple]] = {  # the one knob of each loss
 }
 
 
+POOLING_KNOBS = ("gamma", "theta")  # act only where a node has several components
+
+
 def default_space(config: Config) -> dict[str, tuple]:
-    """The search space for ``config``: the shared knobs plus its loss's own (margin or temperature)."""
-    return {**DEFAULT_SPACE, **LOSS_SPACE[config.loss]}
+    """The search space for ``config``: the shared knobs plus its loss's own (margin or temperature).
+
+    With one component everywhere the pooling is the identity, so gamma and theta are left out.
+    """
+    space = {**DEFAULT_SPACE, **LOSS_SPACE[config.loss]}
+    if max(config.components.values(), default=1) <= 1:
+        space = {k: v for k, v in space.items() if k not in POOLING_KNOBS}
+    return space
 
 
 @dataclass
@@ -39,20 +48,34 @@ class TuneResult:
     value: float
     metric: str
     trials: list[dict] = field(default_factory=list)
+    default_value: float | None = None  # the base configuration's validation recall (trial 0), when it was run
+
+    @property
+    def default_ratio(self) -> float | None:
+        """The base configuration's validation recall as a fraction of the best trial's."""
+        return None if self.default_value is None or self.value <= 0 else self.default_value / self.value
 
 
-def with_validation(dataset: Dataset, fraction: float = 0.1, seed: int = 0) -> Dataset:
+def with_validation(dataset: Dataset, fraction: float = 0.1, seed: int = 0, relation: str | None = None) -> Dataset:
     """The dataset restricted to train (+ valid); when no valid split ships, a seeded per-user hold-out of train.
 
-    The test split is dropped, so nothing downstream can look at it.
+    With ``relation`` the validation edges are that relation's only (a target task such as ``buy``): the
+    shipped valid split is filtered, or the hold-out is drawn from that relation's training edges. The test
+    split is dropped, so nothing downstream can look at it.
     """
     from mixrec.baselines import holdout_split
 
+    rels = None if relation is None else [relation]
+    if relation is not None:
+        dataset.relation_code(relation)  # an unknown relation fails here, naming the known ones
     if dataset.has_split("valid"):
-        edges = {"train": dataset.split("train"), "valid": dataset.split("valid")}
+        edges = {"train": dataset.split("train"), "valid": dataset.split("valid", relations=rels)}
     else:
         train = dataset.split("train")
-        hold = holdout_split(train.src, train.dst, fraction, seed)
+        pool = np.arange(len(train)) if relation is None else np.flatnonzero(
+            train.rel == dataset.relation_code(relation))
+        hold = np.zeros(len(train), dtype=bool)
+        hold[pool[holdout_split(train.src[pool], train.dst[pool], fraction, seed)]] = True
         edges = {"train": train.select(~hold), "valid": train.select(hold)}
     return Dataset(ids=dict(dataset.ids), relations=list(dataset.relations), edges=edges, info=dict(dataset.info))
 
@@ -75,6 +98,20 @@ def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
     return out
 
 
+def base_params(config: Config, space: dict[str, tuple]) -> dict[str, Any] | None:
+    """The search-space values of ``config`` itself, or None where one lies outside the space."""
+    out: dict[str, Any] = {}
+    for name, spec in space.items():
+        value: Any = config
+        for part in name.split("."):
+            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        inside = value in spec[1] if spec[0] == "choice" else spec[1] <= value <= spec[2]
+        if not inside:
+            return None
+        out[name] = value
+    return out
+
+
 def validation_score(history: list[dict], metric: str) -> float:
     """Best value of ``metric`` over the epochs (the trainer keeps the best epoch's weights)."""
     values = [h[metric] for h in history if metric in h]
@@ -83,8 +120,13 @@ def validation_score(history: list[dict], metric: str) -> float:
 
 def tune(dataset: Dataset | str | Path, trials: int, base: Config | None = None,
          space: dict[str, tuple] | None = None, *, seed: int = 0, timeout: float | None = None,
-         holdout: float = 0.1) -> TuneResult:
-    """Run ``trials`` Optuna (TPE) trials; each trains on train and scores Recall@K on the validation split."""
+         holdout: float = 0.1, relation: str | None = None, try_base: bool = True) -> TuneResult:
+    """Run ``trials`` Optuna (TPE) trials; each trains on train and scores Recall@K on the validation split.
+
+    With ``try_base`` the base configuration's own values are trial 0 (when they lie in the space), so the
+    result says how far the defaults are from the best configuration found. ``relation`` validates on that
+    relation's edges only (see :func:`with_validation`).
+    """
     import optuna
 
     from mixrec.train import train
@@ -92,12 +134,15 @@ def tune(dataset: Dataset | str | Path, trials: int, base: Config | None = None,
     if not isinstance(dataset, Dataset):
         dataset = Dataset.load(dataset)
     base = base or Config()
-    data = with_validation(dataset, holdout, seed)
+    data = with_validation(dataset, holdout, seed, relation)
     space = space or default_space(base)
     metric = f"valid_recall@{base.early_stopping.k}"
     run_base = base if (base.early_stopping.patience or base.eval_every) else base.with_overrides({"eval_every": 1})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    start = base_params(base, space) if try_base else None
+    if start is not None:
+        study.enqueue_trial(start)
 
     def objective(trial) -> float:
         params = suggest(trial, space)
@@ -109,7 +154,9 @@ def tune(dataset: Dataset | str | Path, trials: int, base: Config | None = None,
     study.optimize(objective, n_trials=trials, timeout=timeout)
     best = study.best_trial
     records = [{"number": t.number, "value": t.value, **t.params} for t in study.trials]
-    return TuneResult(base.with_overrides(dict(best.params)), float(best.value), metric, records)
+    first = study.trials[0] if study.trials else None
+    default = float(first.value) if start is not None and first is not None and first.value is not None else None
+    return TuneResult(base.with_overrides(dict(best.params)), float(best.value), metric, records, default)
 
 
 def add_parser(sub) -> None:
@@ -122,13 +169,24 @@ def add_parser(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a base config key (repeatable)")
     p.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--relation", default=None,
+                   help="validate on this relation's edges only (the target task, e.g. buy)")
+    p.add_argument("--no-base-trial", dest="try_base", action="store_false",
+                   help="do not run the base configuration's own values as trial 0")
+    p.add_argument("--trials-json", default=None, help="also write every trial's parameters and value here")
     p.set_defaults(func=cmd_tune)
 
 
 def cmd_tune(a) -> int:
     base = Config.load(a.config) if a.config else Config()
     base = base.with_overrides(a.set or [])
-    res = tune(a.data, a.trials, base, seed=a.seed, timeout=a.timeout)
+    res = tune(a.data, a.trials, base, seed=a.seed, timeout=a.timeout, relation=a.relation, try_base=a.try_base)
     res.config.save(a.out)
     print(f"best {res.metric} {res.value:.4f} after {len(res.trials)} trials; config written to {a.out}")
+    if res.default_ratio is not None:
+        print(f"base configuration (trial 0): {res.default_value:.4f} = {res.default_ratio:.3f} of the best")
+    if a.trials_json:
+        from mixrec.io import save_json
+        save_json(a.trials_json, {"metric": res.metric, "best": res.value, "base": res.default_value,
+                                  "trials": res.trials})
     return 0

@@ -55,14 +55,19 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
 
 
 def sample_recall(model, dataset, split: str, k: int, max_users: int, seed: int) -> float:
-    """Recall@k on (a seeded sample of) a split's users, training items excluded: for early stopping."""
+    """Recall@k on (a seeded sample of) a split's users, for early stopping and tuning.
+
+    The training items excluded are those of the relations the split holds (all of them, unless the split
+    holds one target task only, e.g. a ``buy`` hold-out, where items only viewed stay rankable).
+    """
     from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics
 
     e = dataset.split(split)
     users = np.unique(e.src)
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
-    seen = model.seen()
+    held = [dataset.relations[c].name for c in np.unique(e.rel)]
+    seen = model.seen(None if len(held) == len(dataset.relations) else held)
     top, _ = exact_topk(model, users, k, seen)
     keep = np.isin(e.src, users)
     row = np.searchsorted(users, e.src[keep])
