@@ -2,6 +2,7 @@
 
     python bench/train_profile.py                      # single and mixture, 100 batches each
     python bench/train_profile.py --models mixture --batches 200 --rows 15
+    python bench/train_profile.py --models mixture --kernels   # the compiled step kernel by kernel
 
 Same graph and settings as bench/train_speed.py (dim 64, batches of 1000, 50 + 50 negatives), one thread.
 "autograd" is the step as it was first written (eq. 3 through autograd, then row-wise Adagrad);
@@ -58,7 +59,7 @@ def profile_path(step, ds, cfg, batches, rows: int) -> str:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for b in batches:
             step(b, model.tables, states, cfg)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=32)
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=60)
 
 
 def main() -> None:
@@ -68,8 +69,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; the best is kept")
     ap.add_argument("--rows", type=int, default=12, help="operators shown per profile")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "train_speed")
+    ap.add_argument("--kernels", action="store_true",
+                    help="name each compiled kernel in the compiled path's profile (inductor's kernel profile)")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.kernels:
+        import torch._inductor.config as inductor_config
+        inductor_config.cpp.enable_kernel_profile = True
     ds = load_dataset(build_graph(args.work))
     for name in args.models:
         cfg = mixrec_config(name, 1, 1)
