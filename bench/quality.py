@@ -53,11 +53,12 @@ MODELS = {
     "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
+C_SHAPES = ((1, 64), (2, 32), (3, 21), (5, 13), (8, 8))  # C x dim = 64
 ABLATIONS = {  # on ml1m, mixture at fixed C x dim = 64 unless the row says otherwise; margin: the paper's loss
     "C": {f"C={c} ({c}x{d})": {"components.user": c, "components.item": 1, "dim": d, "loss": "margin"}
-          for c, d in ((1, 64), (2, 32), (3, 21), (5, 13), (8, 8))},
+          for c, d in C_SHAPES},
     "C-softmax": {f"C={c} ({c}x{d})": {"components.user": c, "components.item": 1, "dim": d}
-                  for c, d in ((1, 64), (2, 32), (3, 21), (5, 13), (8, 8))},
+                  for c, d in C_SHAPES},
     "pooling": {name: {"components.user": 4, "components.item": 1, "dim": 16, "loss": "margin", **over}
                 for name, over in (
         ("max", {"pooling": "max"}), ("smoothmax", {"pooling": "smoothmax"}),

@@ -192,6 +192,13 @@ class Config(_Strict):
             _set_dotted(data, key, _parse_value(value) if isinstance(value, str) else value)
         return Config.from_dict(data, source="--set")
 
+    def value_at(self, key: str) -> Any:
+        """The value of a dotted key (``negatives.uniform``, ``components.user``), as ``with_overrides`` names it."""
+        node: Any = self
+        for part in key.split("."):
+            node = node[part] if isinstance(node, dict) else getattr(node, part)
+        return node
+
     def to_toml(self) -> str:
         import tomli_w
         return tomli_w.dumps(_drop_none(self.model_dump()))

@@ -65,15 +65,13 @@ def with_validation(dataset: Dataset, fraction: float = 0.1, seed: int = 0, rela
     """
     from mixrec.baselines import holdout_split
 
-    rels = None if relation is None else [relation]
-    if relation is not None:
-        dataset.relation_code(relation)  # an unknown relation fails here, naming the known ones
+    code = None if relation is None else dataset.relation_code(relation)  # an unknown one fails, naming the known
     if dataset.has_split("valid"):
-        edges = {"train": dataset.split("train"), "valid": dataset.split("valid", relations=rels)}
+        valid = dataset.split("valid", relations=None if relation is None else [relation])
+        edges = {"train": dataset.split("train"), "valid": valid}
     else:
         train = dataset.split("train")
-        pool = np.arange(len(train)) if relation is None else np.flatnonzero(
-            train.rel == dataset.relation_code(relation))
+        pool = np.arange(len(train)) if code is None else np.flatnonzero(train.rel == code)
         hold = np.zeros(len(train), dtype=bool)
         hold[pool[holdout_split(train.src[pool], train.dst[pool], fraction, seed)]] = True
         edges = {"train": train.select(~hold), "valid": train.select(hold)}
@@ -102,9 +100,7 @@ def base_params(config: Config, space: dict[str, tuple]) -> dict[str, Any] | Non
     """The search-space values of ``config`` itself, or None where one lies outside the space."""
     out: dict[str, Any] = {}
     for name, spec in space.items():
-        value: Any = config
-        for part in name.split("."):
-            value = value[part] if isinstance(value, dict) else getattr(value, part)
+        value = config.value_at(name)
         inside = value in spec[1] if spec[0] == "choice" else spec[1] <= value <= spec[2]
         if not inside:
             return None
@@ -154,8 +150,7 @@ def tune(dataset: Dataset | str | Path, trials: int, base: Config | None = None,
     study.optimize(objective, n_trials=trials, timeout=timeout)
     best = study.best_trial
     records = [{"number": t.number, "value": t.value, **t.params} for t in study.trials]
-    first = study.trials[0] if study.trials else None
-    default = float(first.value) if start is not None and first is not None and first.value is not None else None
+    default = study.trials[0].value if start is not None else None  # the enqueued trial runs first
     return TuneResult(base.with_overrides(dict(best.params)), float(best.value), metric, records, default)
 
 

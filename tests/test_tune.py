@@ -1,12 +1,12 @@
 """`mixrec tune`: Optuna search on the validation split (test never used), best config loadable by train."""
+import json
+
 import numpy as np
 import pytest
 
 from mixrec.cli import main
 from mixrec.config import Config
 from mixrec.data.synthetic import write
-import json
-
 from mixrec.tune import base_params, default_space, validation_score, with_validation
 from tests.conftest import small_spec
 
@@ -70,6 +70,7 @@ def test_base_params_reads_the_config_and_rejects_values_outside_the_space():
     start = base_params(cfg, default_space(cfg))
     assert start == {"lr": cfg.lr, "gamma": cfg.gamma, "theta": cfg.theta,
                      "negatives.uniform": cfg.negatives.uniform, "temperature": cfg.temperature}
+    assert cfg.value_at("components.user") == cfg.components_of("user") and cfg.value_at("lr") == cfg.lr
     assert base_params(cfg.with_overrides({"lr": 5.0}), default_space(cfg)) is None
     assert base_params(cfg.with_overrides({"negatives.uniform": 3}), default_space(cfg)) is None
 
