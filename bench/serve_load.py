@@ -431,6 +431,7 @@ def _write(path: Path, obj: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mixrec.registry import INDEX_BACKENDS
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("foldin-gowalla")
@@ -454,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     ip.add_argument("model")
     ip.add_argument("--k", type=int, default=100)
     ip.add_argument("--users", type=int, default=300)
-    ip.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"])
+    ip.add_argument("--index", default=None, choices=INDEX_BACKENDS.names())
     ip.add_argument("--ef-search", type=int, default=None)
     ip.add_argument("--foldin-steps", type=int, default=30, help="as `mixrec serve --foldin-steps`")
     ip.add_argument("--out", default=None)

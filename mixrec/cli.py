@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 
 from mixrec.config import Config, ConfigError
+from mixrec.registry import INDEX_BACKENDS
+
+
+def _add_index_arg(p) -> None:
+    """``--index KIND``: the choices are the registered index backends."""
+    p.add_argument("--index", default=None, choices=INDEX_BACKENDS.names(),
+                   help="override the index kind: " + ", ".join(INDEX_BACKENDS.names()))
 
 
 def _add_ingest(sub) -> None:
@@ -82,7 +89,7 @@ def _add_retrieve(sub) -> None:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--out", required=True, help="output .parquet (user, rank, item, score, component)")
     p.add_argument("--weights", default="all", help="mixture weight set")
-    p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
+    _add_index_arg(p)
     p.add_argument("--include-seen", action="store_true", help="do not exclude training items")
     p.add_argument("--users", default=None, help="file with one raw user id per line (default: all users)")
     p.add_argument("--history", default=None, metavar="FILE",
@@ -289,7 +296,7 @@ def _add_serve(sub) -> None:
     p.add_argument("model", help="model directory")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--index", default=None, choices=["flat", "hnsw", "ivf"], help="override the index kind")
+    _add_index_arg(p)
     p.add_argument("--ef-search", type=int, default=None, help="HNSW efSearch (default: the model's config)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists to probe (default: the model's config)")
     p.add_argument("--threads", type=int, default=None,

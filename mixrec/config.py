@@ -14,7 +14,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-Pooling = Literal["max", "mean", "smoothmax", "regsmoothmax"]
+from mixrec.registry import INDEX_BACKENDS, LOSSES, POOLINGS
+
 
 
 class _Strict(BaseModel):
@@ -62,7 +63,8 @@ class WeightSetConfig(_Strict):
 class IndexConfig(_Strict):
     """Nearest-neighbour index over all destination component vectors (FAISS)."""
 
-    kind: Literal["flat", "hnsw", "ivf"] = "flat"
+    kind: str = Field("flat", description="a registered index backend (mixrec.registry.INDEX_BACKENDS): "
+                      "'flat' (exact), 'hnsw', 'ivf'")
     hnsw_m: int = Field(32, ge=4)
     ef_search: int = Field(256, ge=1, description="HNSW efSearch; raised to at least k*C_d at query time")
     ef_construction: int = Field(200, ge=8)
@@ -71,6 +73,11 @@ class IndexConfig(_Strict):
     device: Literal["cpu", "auto", "cuda"] = Field(
         "cpu", description="search on a GPU ('cuda'; 'auto' when FAISS has GPU support and sees a GPU); "
                            "flat and ivf only, hnsw stays on the CPU")
+
+    @field_validator("kind")
+    @classmethod
+    def _registered_kind(cls, v: str) -> str:
+        return INDEX_BACKENDS.check(v)
 
 
 class EarlyStopping(_Strict):
@@ -99,17 +106,19 @@ class Config(_Strict):
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(0.2, gt=0, description="row-wise Adagrad learning rate")
     margin: float = Field(0.5, ge=0, description="lambda of eq. 3")
-    loss: Literal["margin", "softmax"] = Field(
+    loss: str = Field(
         "softmax", description="'softmax' (default): sampled softmax over the positive and its negatives, logits = "
-                               "pooled score / temperature - log Q; 'margin': the ranking loss of eq. 3 (the paper)")
+                               "pooled score / temperature - log Q; 'margin': the ranking loss of eq. 3 (the paper); or any name "
+                               "registered in mixrec.registry.LOSSES")
     temperature: float = Field(0.1, gt=0, description="softmax loss: temperature of the pooled cosine scores")
     logq: bool = Field(True, description="softmax loss: subtract the log of each candidate's expected count "
                        "among the negatives (in-batch by popularity plus uniform: mixed negative sampling); "
                        "partitioned training has no global counts and applies none")
-    pooling: Pooling = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default)")
-    negative_pooling: Optional[Pooling] = Field(None, description="pooling of negatives; default smoothmax "
+    pooling: str = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default); "
+                         "any name registered in mixrec.registry.POOLINGS")
+    negative_pooling: Optional[str] = Field(None, description="pooling of negatives; default smoothmax "
                                                 "(max when pooling=max, mean when pooling=mean)")
-    score_pooling: Pooling = Field("smoothmax", description="pooling used to rank all items exactly")
+    score_pooling: str = Field("smoothmax", description="pooling used to rank all items exactly")
     gamma: float = Field(0.1, gt=0, description="smoothmax temperature (eq. 1, 2)")
     theta: float = Field(0.1, ge=0, le=1, description="regularisation of eq. 2")
     theta_form: Literal["mean", "sum"] = Field(
@@ -146,6 +155,16 @@ class Config(_Strict):
                 raise ValueError(f"{info.field_name}.{k} must be >= 1, got {c}")
         return {k: int(c) for k, c in v.items()}
 
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, v: str) -> str:
+        return LOSSES.check(v)
+
+    @field_validator("pooling", "negative_pooling", "score_pooling")
+    @classmethod
+    def _registered_pooling(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else POOLINGS.check(v)
+
     # ----------------------------------------------------------------- helpers
     def components_of(self, entity_type: str) -> int:
         return self.components.get(entity_type, 1)
@@ -155,8 +174,9 @@ class Config(_Strict):
 
     @property
     def applies_log_q(self) -> bool:
-        """True when the loss subtracts log Q (the sampled softmax with ``logq``): edge shares are needed."""
-        return self.loss == "softmax" and self.logq
+        """True when the loss subtracts log Q (one registered with ``log_q``, e.g. the sampled softmax, with
+        ``logq``): edge shares are needed."""
+        return LOSSES.get(self.loss).log_q and self.logq
 
     @property
     def partitioned(self) -> bool:

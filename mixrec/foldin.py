@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.model.functional import (ALL_DIMS, PAIR_DIMS, margin_loss, normalize, pool, product, product_all,
-                                     sampled_softmax_loss)
+from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, normalize, pool, product, product_all
+from mixrec.registry import LOSSES
 from mixrec.train.step import rowwise_adagrad_
 from mixrec.weights import OnlineWeights, component_logits
 
@@ -72,11 +72,9 @@ def foldin_loss(u: torch.Tensor, items: torch.Tensor, hist: torch.Tensor, edge_w
     b, h = hist.shape
     mask = (neg.view(1, 1, -1) != hist.unsqueeze(-1)).to(negs.dtype)  # (B, H, M)
     negs = negs.unsqueeze(1).expand(b, h, -1)
-    if cfg.loss == "softmax":  # uniform negatives only: log-Q is one constant and cancels
-        return sampled_softmax_loss(pos.reshape(-1), negs.reshape(b * h, -1), cfg.temperature, edge_w.reshape(-1),
-                                    mask.reshape(b * h, -1))
-    return margin_loss(pos.reshape(-1), negs.reshape(b * h, -1), cfg.margin, edge_w.reshape(-1),
-                       mask.reshape(b * h, -1))
+    spec = LOSSES.get(cfg.loss)  # uniform negatives only: log-Q is one constant and cancels
+    return spec.loss(pos.reshape(-1), negs.reshape(b * h, -1), getattr(cfg, spec.param), weight=edge_w.reshape(-1),
+                     mask=mask.reshape(b * h, -1))
 
 
 def foldin_weights(us: torch.Tensor, items: torch.Tensor, hist: np.ndarray, edge_mask: np.ndarray,

@@ -2,13 +2,63 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Optional
 
 import faiss
 import numpy as np
 
 from mixrec.config import IndexConfig
 from mixrec.io import atomic_file, save_json
+from mixrec.registry import INDEX_BACKENDS
+
+
+@dataclass(frozen=True)
+class IndexBackend:
+    """A registered index kind (``IndexConfig.kind``).
+
+    ``build(flat (M, n) float32, config) -> faiss.Index``: an empty, trained inner-product index (the rows are
+    added after); ``search_params(config, k)``: FAISS search parameters for a CPU search (None: none);
+    ``build_fields``: the IndexConfig fields that change what is built (a saved index with other values is
+    rebuilt); ``gpu``: FAISS can move it to a GPU, ``gpu_setup(gpu_index, config)`` then sets its search-time
+    parameters there; ``exact``: its results are the exact top k.
+    """
+
+    build: Callable[[np.ndarray, IndexConfig], faiss.Index]
+    search_params: Callable[[IndexConfig, int], Optional[faiss.SearchParameters]] = lambda config, k: None
+    build_fields: tuple[str, ...] = ()
+    gpu: bool = False
+    gpu_setup: Optional[Callable[[faiss.Index, IndexConfig], None]] = None
+    exact: bool = False
+
+
+def _build_hnsw(flat: np.ndarray, config: IndexConfig) -> faiss.Index:
+    index = faiss.IndexHNSWFlat(flat.shape[1], config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = config.ef_construction
+    return index
+
+
+def _build_ivf(flat: np.ndarray, config: IndexConfig) -> faiss.Index:
+    dim = flat.shape[1]
+    nlist = min(config.nlist or max(1, int(4 * np.sqrt(len(flat)))), len(flat))
+    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(flat)
+    return index
+
+
+def _set_nprobe(index: faiss.Index, config: IndexConfig) -> None:
+    index.nprobe = config.nprobe
+
+
+INDEX_BACKENDS.register("flat", IndexBackend(lambda flat, config: faiss.IndexFlatIP(flat.shape[1]), gpu=True,
+                                             exact=True))
+INDEX_BACKENDS.register("hnsw", IndexBackend(  # FAISS has no GPU HNSW; it does not raise efSearch to k by itself
+    _build_hnsw, lambda config, k: faiss.SearchParametersHNSW(efSearch=max(config.ef_search, k)),
+    build_fields=("hnsw_m", "ef_construction")))
+INDEX_BACKENDS.register("ivf", IndexBackend(
+    _build_ivf, lambda config, k: faiss.SearchParametersIVF(nprobe=config.nprobe), build_fields=("nlist",), gpu=True,
+    gpu_setup=_set_nprobe))
 
 
 class ComponentIndex:
@@ -20,8 +70,9 @@ class ComponentIndex:
 
     def __init__(self, index: faiss.Index, n_items: int, components: int, config: IndexConfig):
         self.index, self.n_items, self.components, self.config = index, n_items, components, config
+        self.backend: IndexBackend = INDEX_BACKENDS.get(config.kind)
         self.gpu_resources = None
-        if config.device != "cpu" and config.kind != "hnsw":  # FAISS has no GPU HNSW
+        if config.device != "cpu" and self.backend.gpu:
             self.index, self.gpu_resources = _to_gpu(index, config)
 
     @classmethod
@@ -30,24 +81,9 @@ class ComponentIndex:
         config = config or IndexConfig()
         n, cd, dim = vectors.shape
         flat = np.ascontiguousarray(vectors.reshape(n * cd, dim), dtype=np.float32)
-        if config.kind == "flat":
-            index = faiss.IndexFlatIP(dim)
-        elif config.kind == "hnsw":
-            index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efConstruction = config.ef_construction
-        elif config.kind == "ivf":
-            nlist = config.nlist or max(1, int(4 * np.sqrt(len(flat))))
-            nlist = min(nlist, len(flat))
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(flat)
-        else:  # pragma: no cover - the config schema rejects other kinds
-            raise ValueError(f"unknown index kind {config.kind!r}")
+        index = INDEX_BACKENDS.get(config.kind).build(flat, config)
         index.add(flat)
         return cls(index, n, cd, config)
-
-    @property
-    def is_exact(self) -> bool:
-        return self.config.kind == "flat"
 
     @property
     def size(self) -> int:
@@ -57,13 +93,8 @@ class ComponentIndex:
         """Top ``k`` component vectors per query: (similarities (Q, k), flat ids (Q, k))."""
         k = int(min(k, self.size))
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        if self.config.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.config.ef_search, k))
-            return self.index.search(q, k, params=params)
-        if self.config.kind == "ivf" and self.gpu_resources is None:
-            params = faiss.SearchParametersIVF(nprobe=self.config.nprobe)
-            return self.index.search(q, k, params=params)
-        return self.index.search(q, k)
+        params = None if self.gpu_resources is not None else self.backend.search_params(self.config, k)
+        return self.index.search(q, k) if params is None else self.index.search(q, k, params=params)
 
     # ----------------------------------------------------------------- storage
     def save(self, path: str | Path) -> None:
@@ -90,12 +121,9 @@ class ComponentIndex:
         return cls(index, n_items, components, config or saved)
 
 
-BUILD_FIELDS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction"), "ivf": ("nlist",)}
-
-
 def same_build(a: IndexConfig, b: IndexConfig) -> bool:
     """True when both configs build the same index (search-time parameters and the device may differ)."""
-    return a.kind == b.kind and all(getattr(a, f) == getattr(b, f) for f in BUILD_FIELDS[a.kind])
+    return a.kind == b.kind and all(getattr(a, f) == getattr(b, f) for f in INDEX_BACKENDS.get(a.kind).build_fields)
 
 
 def gpu_resources():
@@ -114,6 +142,7 @@ def _to_gpu(index: faiss.Index, config: IndexConfig):
                                "(faiss-cpu); install a GPU build of FAISS, or use index.device='auto' or 'cpu'")
         return index, None
     gpu = faiss.index_cpu_to_gpu(res, 0, index)
-    if config.kind == "ivf":
-        gpu.nprobe = config.nprobe
+    setup = INDEX_BACKENDS.get(config.kind).gpu_setup
+    if setup is not None:
+        setup(gpu, config)
     return gpu, res

@@ -10,6 +10,7 @@ import numpy as np
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.registry import LOSSES
 
 log = logging.getLogger("mixrec.tune")
 
@@ -19,10 +20,6 @@ DEFAULT_SPACE: dict[str, tuple] = {
     "gamma": ("log", 0.03, 0.5),
     "theta": ("float", 0.0, 0.5),
     "negatives.uniform": ("choice", [256, 512, 1024, 2048]),
-}
-LOSS_SPACE: dict[str, dict[str, tuple]] = {  # the one knob of each loss
-    "margin": {"margin": ("float", 0.1, 1.0)},
-    "softmax": {"temperature": ("log", 0.03, 0.5)},
 }
 
 
@@ -34,7 +31,7 @@ def default_space(config: Config) -> dict[str, tuple]:
 
     With one component everywhere the pooling is the identity, so gamma and theta are left out.
     """
-    space = {**DEFAULT_SPACE, **LOSS_SPACE[config.loss]}
+    space = {**DEFAULT_SPACE, **LOSSES.get(config.loss).space}
     if max(config.components.values(), default=1) <= 1:
         space = {k: v for k, v in space.items() if k not in POOLING_KNOBS}
     return space

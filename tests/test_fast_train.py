@@ -46,7 +46,7 @@ def test_pool_with_grad_declines_registered_poolings():
     try:
         assert F.pool_with_grad(torch.zeros(2, 2, 2), "min_fast_test") is None
     finally:
-        del F.POOLINGS["min_fast_test"]
+        F.POOLINGS.unregister("min_fast_test")
 
 
 def test_margin_loss_with_grad_matches_autograd_and_minus_inf_drops():
@@ -112,8 +112,8 @@ def test_batch_grads_equal_autograd(over, same_type):
 
 
 def test_train_step_falls_back_to_autograd_when_a_builtin_is_replaced():
-    builtin = F.POOLINGS["smoothmax"]
-    F.register_pooling("smoothmax", lambda m, gamma=0.1, dims=F.PAIR_DIMS, **_: builtin(m, gamma=2 * gamma, dims=dims))
+    builtin = F.POOLINGS.get("smoothmax")
+    F.register_pooling("smoothmax", lambda m, gamma=0.1, dims=F.PAIR_DIMS, **_: builtin.fn(m, gamma=2 * gamma, dims=dims))
     try:
         cfg = Config().with_overrides({"components.user": 3, "negatives.batch": 2, "negatives.uniform": 2})
         tables = {"user": _rand(5, 3, 4), "item": _rand(6, 1, 4, seed=1)}
@@ -125,7 +125,7 @@ def test_train_step_falls_back_to_autograd_when_a_builtin_is_replaced():
         assert train_step(b, tables, states, cfg) == pytest.approx(want)
         assert not torch.equal(before, tables["user"])
     finally:
-        F.register_pooling("smoothmax", builtin)
+        F.POOLINGS.register("smoothmax", builtin, replace=True)
     assert batch_grads(b, tables, cfg) is not None
 
 

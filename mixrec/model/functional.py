@@ -1,10 +1,13 @@
-"""The paper's math as pure tensor functions: product, poolings (eq. 1, 2) and the margin loss (eq. 3)."""
+"""The paper's math as pure tensor functions: product, poolings (eq. 1, 2) and the losses (eq. 3, sampled softmax)."""
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from mixrec.registry import LOSSES, POOLINGS
 
 Tensor = torch.Tensor
 
@@ -92,39 +95,44 @@ def regsmoothmax(m: Tensor, gamma: float = 0.1, theta: float = 0.1, theta_form: 
     return theta * reg + (1.0 - theta) * smoothmax(m, gamma=gamma, dims=dims)
 
 
-POOLINGS: dict[str, Callable[..., Tensor]] = {
-    "max": pool_max,
-    "mean": pool_mean,
-    "smoothmax": smoothmax,
-    "regsmoothmax": regsmoothmax,
-}
+@dataclass(frozen=True)
+class PoolingSpec:
+    """A registered pooling: ``fn(M, gamma=, theta=, theta_form=, dims=) -> scores`` and, optionally, its
+    closed-form value and local derivative ``with_grad(flat, axis, gamma, theta, theta_form) -> (pooled, d/dflat)``
+    over the pooled axes flattened into ``axis`` (the training hot path; without it training uses autograd).
+    ``identity_on_one``: with one component pair the pooling is the identity (skipped)."""
 
-BUILTIN = frozenset(POOLINGS)
+    fn: Callable[..., Tensor]
+    with_grad: Optional[Callable[..., tuple[Tensor, Tensor]]] = None
+    identity_on_one: bool = False
 
 
-def register_pooling(name: str, fn: Callable[..., Tensor]) -> None:
-    """Add a pooling function ``fn(M, gamma=, theta=, theta_form=, dims=) -> scores`` under ``name``."""
-    POOLINGS[name] = fn
+def register_pooling(name: str, fn: Callable[..., Tensor], with_grad: Optional[Callable] = None,
+                     replace: bool = True) -> PoolingSpec:
+    """Add (or replace) a pooling ``fn(M, gamma=, theta=, theta_form=, dims=) -> scores`` under ``name``.
+
+    Without ``with_grad`` the training step differentiates it with autograd.
+    """
+    return POOLINGS.register(name, PoolingSpec(fn, with_grad), replace=replace)
 
 
 def pool(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
          dims=PAIR_DIMS) -> Tensor:
     """Pool the component axes ``dims`` (C_s, C_d) of ``m`` with the named pooling."""
-    try:
-        fn = POOLINGS[name]
-    except KeyError:
-        raise ValueError(f"unknown pooling {name!r}; choose one of {sorted(POOLINGS)}") from None
-    if all(m.shape[d] == 1 for d in dims) and name in BUILTIN:
-        return m.reshape(_out_shape(m, dims))  # one component pair: every built-in pooling is the identity
-    return fn(m, gamma=gamma, theta=theta, theta_form=theta_form, dims=dims)
+    if name not in POOLINGS:
+        raise ValueError(POOLINGS.unknown(name))
+    spec = POOLINGS.get(name)
+    if spec.identity_on_one and all(m.shape[d] == 1 for d in dims):
+        return m.reshape(_out_shape(m, dims))  # one component pair: the pooling is the identity
+    return spec.fn(m, gamma=gamma, theta=theta, theta_form=theta_form, dims=dims)
 
 
 def margin_loss(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None = None,
-                mask: Tensor | None = None) -> Tensor:
+                mask: Tensor | None = None, pos_logq: None = None, neg_logq: None = None) -> Tensor:
     """Eq. 3 summed as in eq. 4: sum_b w_b sum_j max(neg_bj + margin - pos_b, 0).
 
     ``pos`` (B,), ``neg`` (B, N); ``mask`` (B, N) drops negatives (e.g. a positive's own item);
-    ``weight`` (B,) is omega(e, e') per positive.
+    ``weight`` (B,) is omega(e, e') per positive. The margin loss applies no log-Q (``*_logq`` must be None).
     """
     viol = torch.relu(neg + margin - pos.unsqueeze(-1))
     if mask is not None:
@@ -168,40 +176,56 @@ def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1,
     The derivative is None where the pooling is the identity (one component pair).
     Returns None for a registered (non built-in) pooling, whose gradient only autograd knows.
     """
-    if not has_closed_form(name):
+    spec = POOLINGS.get(name) if name in POOLINGS else None
+    if spec is None or spec.with_grad is None:
         return None
     lo, hi = sorted(d % m.dim() for d in dims)
     if hi - lo != len(dims) - 1:
         raise ValueError(f"pool_with_grad pools adjacent axes only, got {dims}")
     flat = m.flatten(lo, hi)  # the pooled axes as one axis ``lo``
-    n = flat.shape[lo]
-    if n == 1:
+    if flat.shape[lo] == 1:
         return flat.squeeze(lo), None
-    if name == "mean":
-        return flat.mean(lo), torch.full_like(m, 1.0 / n)
-    if name == "max":
-        top = flat.amax(lo, keepdim=True)
-        hit = (flat == top).to(m.dtype)
-        return top.squeeze(lo), hit.div_(hit.sum(lo, keepdim=True)).view_as(m)
+    pooled, grad = spec.with_grad(flat, lo, gamma=gamma, theta=theta, theta_form=theta_form)
+    return pooled, grad.view_as(m)
+
+
+def _mean_with_grad(flat: Tensor, lo: int, **_) -> tuple[Tensor, Tensor]:
+    return flat.mean(lo), torch.full_like(flat, 1.0 / flat.shape[lo])
+
+
+def _max_with_grad(flat: Tensor, lo: int, **_) -> tuple[Tensor, Tensor]:
+    top = flat.amax(lo, keepdim=True)
+    hit = (flat == top).to(flat.dtype)
+    return top.squeeze(lo), hit.div_(hit.sum(lo, keepdim=True))
+
+
+def _smoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, **_) -> tuple[Tensor, Tensor]:
     p = torch.softmax(flat * (1.0 / gamma), dim=lo)
     s = (flat * p).sum(lo, keepdim=True)
-    grad = torch.add(p, (flat - s).mul_(p), alpha=1.0 / gamma)  # p * (1 + (m - s) / gamma)
-    if name == "smoothmax":
-        return s.squeeze(lo), grad.view_as(m)
-    reg, dreg = (flat.mean(lo), 1.0 / n) if theta_form == "mean" else (flat.sum(lo), 1.0)
-    return theta * reg + (1.0 - theta) * s.squeeze(lo), grad.mul_(1.0 - theta).add_(theta * dreg).view_as(m)
+    return s.squeeze(lo), torch.add(p, (flat - s).mul_(p), alpha=1.0 / gamma)  # p * (1 + (m - s) / gamma)
 
 
-_BUILTIN_FNS = dict(POOLINGS)
+def _regsmoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
+                            **_) -> tuple[Tensor, Tensor]:
+    s, grad = _smoothmax_with_grad(flat, lo, gamma)
+    reg, dreg = (flat.mean(lo), 1.0 / flat.shape[lo]) if theta_form == "mean" else (flat.sum(lo), 1.0)
+    return theta * reg + (1.0 - theta) * s, grad.mul_(1.0 - theta).add_(theta * dreg)
+
+
+for _name, _fn, _grad in (("max", pool_max, _max_with_grad), ("mean", pool_mean, _mean_with_grad),
+                          ("smoothmax", smoothmax, _smoothmax_with_grad),
+                          ("regsmoothmax", regsmoothmax, _regsmoothmax_with_grad)):
+    POOLINGS.register(_name, PoolingSpec(_fn, _grad, identity_on_one=True))
 
 
 def has_closed_form(name: str) -> bool:
-    """True when ``name`` is a built-in pooling that no registered function has replaced."""
-    return name in BUILTIN and POOLINGS[name] is _BUILTIN_FNS[name]
+    """True when the pooling ``name`` declares a closed-form gradient (every built-in one does)."""
+    return name in POOLINGS and POOLINGS.get(name).with_grad is not None
 
 
 def margin_loss_with_grad(pos: Tensor, neg: Tensor, margin: float, weight: Tensor | None = None,
-                          mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+                          mask: Tensor | None = None, pos_logq: None = None, neg_logq: None = None
+                          ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`margin_loss` and its gradients ``(loss, dloss/dpos (B,), dloss/dneg (B, N))`` in one pass.
 
     A negative score of -inf contributes nothing, like a zero in ``mask`` (cheaper than a dense mask).
@@ -239,6 +263,27 @@ def sampled_softmax_loss_with_grad(pos: Tensor, neg: Tensor, temperature: float,
         per_pos = per_pos * weight
         d_pos, d_neg = d_pos * weight, d_neg * weight.unsqueeze(-1)
     return per_pos.sum(), d_pos * inv_t, d_neg * inv_t
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """A registered loss over pooled scores: ``loss(pos (B,), neg (B, N), param, weight=, mask=, pos_logq=,
+    neg_logq=) -> scalar`` (autograd) and its closed-form twin ``with_grad(pos, neg, param, weight=, pos_logq=,
+    neg_logq=) -> (loss, dloss/dpos, dloss/dneg)``, where a -inf negative is dropped (None: training uses
+    autograd). ``param`` names the Config field passed as ``param`` (its one knob); ``log_q``: the loss
+    subtracts log Q when ``Config.logq`` is on; ``space``: its knobs' tuning ranges (``mixrec.tune`` format)."""
+
+    loss: Callable[..., Tensor]
+    with_grad: Optional[Callable[..., tuple[Tensor, Tensor, Tensor]]]
+    param: str
+    log_q: bool = False
+    space: dict[str, tuple] = field(default_factory=dict)
+
+
+LOSSES.register("softmax", LossSpec(sampled_softmax_loss, sampled_softmax_loss_with_grad, "temperature", log_q=True,
+                                    space={"temperature": ("log", 0.03, 0.5)}))
+LOSSES.register("margin", LossSpec(margin_loss, margin_loss_with_grad, "margin",
+                                   space={"margin": ("float", 0.1, 1.0)}))
 
 
 def equal_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

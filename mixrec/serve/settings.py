@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Literal, Optional
+from typing import Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mixrec.registry import INDEX_BACKENDS
 
 TOKEN_ENV = "MIXREC_ADMIN_TOKEN"
 
@@ -23,7 +25,7 @@ class ServeSettings(BaseModel):
     max_history: int = Field(2000, ge=1, description="most items in one fold-in history")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     admin_token: Optional[str] = Field(None, description=f"bearer token for /admin/*; default ${TOKEN_ENV}")
-    index_kind: Optional[Literal["flat", "hnsw", "ivf"]] = Field(None, description="override the model's index")
+    index_kind: Optional[str] = Field(None, description="override the model's index (a registered index backend)")
     ef_search: Optional[int] = Field(None, ge=1, le=100000, description="HNSW efSearch (default: the model's)")
     nprobe: Optional[int] = Field(None, ge=1, le=100000, description="IVF lists probed (default: the model's)")
     foldin_steps: int = Field(30, ge=0, le=5000, description="Adagrad steps per fold-in request (after the k-means start)")
@@ -34,6 +36,11 @@ class ServeSettings(BaseModel):
                                     "name -> directory written by FunnelRanker.save")
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
+
+    @field_validator("index_kind")
+    @classmethod
+    def _registered_kind(cls, v: Optional[str]) -> Optional[str]:
+        return v if v is None else INDEX_BACKENDS.check(v)
 
     def token(self) -> str | None:
         return self.admin_token or os.environ.get(TOKEN_ENV) or None

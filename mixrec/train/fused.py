@@ -7,22 +7,23 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from mixrec.model.functional import (ALL_DIMS, PAIR_DIMS, margin_loss_with_grad, normalize_backward, pool_with_grad,
-                                     sampled_softmax_loss_with_grad)
+from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, normalize_backward, pool_with_grad
+from mixrec.registry import LOSSES
 
 log = logging.getLogger(__name__)
 
 
 def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: Tensor, own_b: Tensor,
                 own_j: Tensor, weight: Tensor, pos_logq: Optional[Tensor], neg_logq: Optional[Tensor], *,
-                pooling: str, neg_pooling: str, loss: str, margin: float, temperature: float, gamma: float,
+                pooling: str, neg_pooling: str, loss: str, loss_param: float, gamma: float,
                 theta: float, theta_form: str, shared: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Loss and gradients of the raw gathered rows ``x_s`` (sources) and ``x_d`` (destinations).
 
     ``inv_s``/``inv_d``/``inv_n`` map positives' sources, positives' destinations and negatives to rows;
     ``(own_b, own_j)`` are the (positive, negative) pairs that hold the positive's own destination.
     With ``shared`` both sides index one table (``x_d`` is ``x_s``) and the one gradient is returned first.
-    Only built-in poolings (``functional.pool_with_grad``); returns ``(loss, grad_s, grad_d or None)``.
+    ``loss`` names a registered loss with a closed-form gradient, ``loss_param`` its knob (margin or
+    temperature); poolings with one too (``functional.pool_with_grad``). Returns ``(loss, grad_s, grad_d or None)``.
     """
     kw = dict(gamma=gamma, theta=theta, theta_form=theta_form)
     norm_s = x_s.norm(dim=-1, keepdim=True)
@@ -39,10 +40,8 @@ def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: T
     pos, g_pos = pool_with_grad(m_pos, pooling, dims=PAIR_DIMS, **kw)
     neg, g_neg = pool_with_grad(m_neg, neg_pooling, dims=ALL_DIMS, **kw)
     neg = neg.index_put((own_b, own_j), torch.tensor(float("-inf"), dtype=neg.dtype, device=neg.device))
-    if loss == "margin":
-        total, d_pos, d_neg = margin_loss_with_grad(pos, neg, margin, weight)
-    else:
-        total, d_pos, d_neg = sampled_softmax_loss_with_grad(pos, neg, temperature, weight, pos_logq, neg_logq)
+    total, d_pos, d_neg = LOSSES.get(loss).with_grad(pos, neg, loss_param, weight=weight, pos_logq=pos_logq,
+                                                     neg_logq=neg_logq)
     g_pos = d_pos.view(-1, 1, 1) if g_pos is None else g_pos.mul_(d_pos.view(-1, 1, 1))
     g_neg = d_neg if g_neg is None else g_neg.mul_(d_neg.view(n_b, 1, 1, n_neg)).view(n_b * cs, cd * n_neg)
     d_a = (g_pos.unsqueeze(-1) * b.unsqueeze(1)).sum(2).add_((g_neg @ n_flat).view(n_b, cs, dim))

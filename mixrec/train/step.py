@@ -7,8 +7,8 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.model.functional import (ALL_DIMS, equal_pairs, has_closed_form, margin_loss, normalize, pool, product,
-                                     product_all, sampled_softmax_loss)
+from mixrec.model.functional import ALL_DIMS, equal_pairs, has_closed_form, normalize, pool, product, product_all
+from mixrec.registry import LOSSES
 from mixrec.train.fused import run_fused
 
 ADAGRAD_EPS = 1e-10
@@ -74,10 +74,10 @@ def _log_q(cfg: Config, prob: np.ndarray | None, pos_ids: torch.Tensor, neg_ids:
 
 
 def _side_loss(pos, negs, mask, weight, cfg: Config, prob, pos_ids, neg_ids, n_batch, n_uniform, uniform_prob=None):
-    if cfg.loss == "margin":
-        return margin_loss(pos, negs, cfg.margin, weight, mask.to(negs.dtype))
-    return sampled_softmax_loss(pos, negs, cfg.temperature, weight, mask,
-                                *_log_q(cfg, prob, pos_ids, neg_ids, n_batch, n_uniform, uniform_prob))
+    spec = LOSSES.get(cfg.loss)
+    pos_logq, neg_logq = _log_q(cfg, prob, pos_ids, neg_ids, n_batch, n_uniform, uniform_prob)
+    return spec.loss(pos, negs, getattr(cfg, spec.param), weight=weight, mask=mask.to(negs.dtype), pos_logq=pos_logq,
+                     neg_logq=neg_logq)
 
 
 def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
@@ -122,10 +122,11 @@ def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     The touched rows are found (``torch.unique``) and gathered once per table; scoring, pooling, the loss,
     their derivatives and the sums over repeated rows are one pure function, :func:`mixrec.train.fused.
     fused_grads` (compiled with ``torch.compile`` when ``compile = true``). Returns ``(loss, [(type,
-    unique_rows, grad)])``, or None when a pooling is a registered function whose gradient only autograd
-    knows, or when negatives are two-sided (autograd).
+    unique_rows, grad)])``, or None when a pooling or the loss declares no closed-form gradient, or when
+    negatives are two-sided (autograd).
     """
-    if cfg.negatives.two_sided or not (has_closed_form(cfg.pooling) and has_closed_form(cfg.neg_pooling())):
+    if (cfg.negatives.two_sided or LOSSES.get(cfg.loss).with_grad is None
+            or not (has_closed_form(cfg.pooling) and has_closed_form(cfg.neg_pooling()))):
         return None
     s_t, d_t = batch.source_type, batch.target_type
     device = tables[s_t].device
@@ -149,8 +150,8 @@ def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     loss, g_s, g_d = run_fused(
         cfg.compile, x_s, x_d, inv_s, inv_d, torch.cat([inv_d[:nb], inv_u]), own_b, own_j, weight,
         *_log_q(cfg, batch.dst_prob, dst, neg_ids, nb, len(uniform), batch.dst_uniform_prob),
-        pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss, margin=cfg.margin,
-        temperature=cfg.temperature, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
+        pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss,
+        loss_param=getattr(cfg, LOSSES.get(cfg.loss).param), gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
         shared=s_t == d_t)
     return float(loss), [(t, rows, g) for (t, rows), g in zip(sides, (g_s, g_d))]
 
