@@ -85,4 +85,4 @@ class Registry(Generic[T]):
 LOSSES: Registry = Registry("loss", provider="mixrec.model.functional")
 POOLINGS: Registry = Registry("pooling", provider="mixrec.model.functional")
 INDEX_BACKENDS: Registry = Registry("index kind", provider="mixrec.index")
-FUNNEL_OPS: Registry = Registry("funnel operation", provider="mixrec.funnel.query")
+FUNNEL_OPS: Registry = Registry("funnel operation", provider="mixrec.funnel.ops")

@@ -7,9 +7,13 @@ import torch
 
 from mixrec.cli import build_parser
 from mixrec.config import Config, ConfigError, IndexConfig
+from mixrec.funnel import Funnel, Query, QueryError
+from mixrec.funnel.ops import Operation
+from mixrec.funnel.query import _int
+from mixrec.funnel.service import check_limits
 from mixrec.index import IndexBackend
 from mixrec.model.functional import LossSpec, PoolingSpec, pool, product
-from mixrec.registry import INDEX_BACKENDS, LOSSES, POOLINGS, Registry
+from mixrec.registry import FUNNEL_OPS, INDEX_BACKENDS, LOSSES, POOLINGS, Registry
 from mixrec.retrieve import Retriever
 from mixrec.serve.settings import ServeSettings
 from mixrec.train import train
@@ -88,9 +92,12 @@ def test_toy_loss_and_pooling_train_through_autograd(planted):
         assert len(losses) == 2 and np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
-def test_toy_index_backend_serves_the_search_path(planted):
-    ds, _ = planted
-    model = train(ds, Config().with_overrides({**FAST, "epochs": 1}), progress=False)
+@pytest.fixture(scope="module")
+def model(planted):
+    return train(planted[0], Config().with_overrides({**FAST, "epochs": 1}), progress=False)
+
+
+def test_toy_index_backend_serves_the_search_path(model):
     with INDEX_BACKENDS.temporarily("toy_flat", TOY_INDEX):
         config = IndexConfig(kind="toy_flat")
         assert Config().with_overrides({"index.kind": "toy_flat"}).index == config
@@ -104,3 +111,31 @@ def test_toy_index_backend_serves_the_search_path(planted):
         np.testing.assert_allclose(got.scores, want.scores)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["retrieve", "model", "--out", "x.parquet", "--index", "toy_flat"])
+
+
+def _reverse_limits(a: dict, max_k: int, where: str) -> None:
+    if a["n"] > max_k // 10:
+        raise QueryError(where, "n", f"at most {max_k // 10} on this server")
+
+
+TOY_OP = Operation({"n": (_int(1, 100), 5)}, lambda f, a, cs, user, sub: cs.take(np.arange(len(cs))[::-1][:a["n"]]),
+                   limits=_reverse_limits)
+
+
+def test_toy_funnel_operation_validates_runs_and_limits(model):
+    with FUNNEL_OPS.temporarily("reverse", TOY_OP):
+        q = Query.user(model.ids["user"][0]).mixture(k=20, exclude_seen=False).reverse(n=4)
+        assert Query.from_dict(q.to_dict()) == q
+        with pytest.raises(QueryError, match="argument 'n'"):
+            q.reverse(n=0)
+        with pytest.raises(QueryError, match="must start with a source"):
+            Query.source().reverse()
+        funnel = Funnel(model)
+        top = funnel.run(Query.user(model.ids["user"][0]).mixture(k=20, exclude_seen=False)).candidates
+        got = funnel.run(q).candidates
+        np.testing.assert_array_equal(got.items, top.items[::-1][:4])
+        check_limits(q, max_k=40)
+        with pytest.raises(QueryError, match="at most 3 on this server"):
+            check_limits(q, max_k=39)
+    with pytest.raises(QueryError, match="unknown operation 'reverse'"):
+        Query.from_dict(q.to_dict())

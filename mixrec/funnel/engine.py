@@ -17,10 +17,10 @@ from mixrec.funnel import diversify as div
 from mixrec.funnel.features import FeatureTables
 from mixrec.funnel.query import Query, QueryError, Step
 from mixrec.funnel.rank import FunnelRanker
-from mixrec.funnel.sources import (CandidateSet, blend, expand_neighbours, from_candidates, history_csr,
-                                   history_source, popular_source)
-from mixrec.funnel.walk import BipartiteGraph, walk_expand
+from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr
+from mixrec.funnel.walk import BipartiteGraph
 from mixrec.index import ComponentIndex
+from mixrec.registry import FUNNEL_OPS
 from mixrec.retrieve import Candidates, load_or_build_index, round_robin_merge
 
 
@@ -169,15 +169,9 @@ class Funnel:
                     bad = [r for r in names if r not in self.relations]
                     if bad:
                         raise QueryError(here, key, f"unknown relation(s) {bad}; the model has {self.relations}")
-            if s.op == "rank":
-                if a["ranker"] not in self.rankers:
-                    raise QueryError(here, "ranker", f"no ranker named {a['ranker']!r}; available: "
-                                                     f"{sorted(self.rankers) or 'none (train one first)'}")
-                for stage in ("first_pass", "second_pass"):
-                    if stage in a["stages"] and getattr(self.rankers[a["ranker"]], stage) is None:
-                        raise QueryError(here, "stages", f"ranker {a['ranker']!r} has no distilled {stage}")
-            if s.op == "diversify" and a["by"] == "label" and self.labels is None:
-                raise QueryError(here, "by", "diversifying by label needs item labels (none were given)")
+            op_check = FUNNEL_OPS.get(s.op).check
+            if op_check is not None:
+                op_check(self, a, here)
             for j, q in enumerate(a.get("queries") or []):
                 self.check(q, f"{here} > queries[{j}] > ")
 
@@ -213,32 +207,8 @@ class Funnel:
         return self._step(step, cs, int(user), [], 0)
 
     def _step(self, step: Step, cs: CandidateSet, user: int, trace: list, depth: int) -> CandidateSet:
-        a = step.args
-        if step.op == "mixture":
-            return self.recommend(user, a["k"], a["weights"], a["exclude_seen"])
-        if step.op == "history":
-            return history_source(*self.history(a["relation"]), user, a["n"])
-        if step.op == "popular":
-            return popular_source(*self.popularity(a["relation"]), a["k"])
-        if step.op == "similar":
-            return expand_neighbours(cs, self.similar(cs.items, a["k"], a["weights"]), "similar")
-        if step.op == "walk":
-            rng = np.random.default_rng([a["seed"], user])
-            out, _ = walk_expand(self.graph, cs, a["k"], a["walkers"], a["restart"], a["max_steps"], a["n_p"],
-                                 a["n_v"], rng=rng)
-            return out
-        if step.op == "union":
-            subs = [self._run(q, user, trace, depth + 1) for q in a["queries"]]
-            return blend([cs, *subs], a["weights"], a["quotas"], a["k"])
-        if step.op == "filter":
-            return self._filter(cs, user, a)
-        if step.op == "rank":
-            return self._rank(cs, user, a)
-        if step.op == "diversify":
-            return self._diversify(cs, a)
-        if step.op == "take":
-            return cs.head(a["n"])
-        raise QueryError(step.op, None, "unknown operation")  # pragma: no cover - make_step rejects it
+        run_sub = lambda q: self._run(q, user, trace, depth + 1)  # noqa: E731
+        return FUNNEL_OPS.get(step.op).execute(self, step.args, cs, user, run_sub)
 
     def _filter(self, cs: CandidateSet, user: int, a: dict) -> CandidateSet:
         keep = np.ones(len(cs), bool)

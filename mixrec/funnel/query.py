@@ -14,10 +14,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from mixrec.registry import FUNNEL_OPS
+
 MAX_K = 10_000
 MAX_STEPS = 64
 MAX_DEPTH = 4
-SOURCE_OPS = ("mixture", "history", "popular")
 SEEN_HELP = "true, false or a list of relation names"
 
 
@@ -131,29 +132,6 @@ def _item_ids(v):
     return [x if isinstance(x, (int, str)) and not isinstance(x, bool) else _name(x) for x in v]
 
 
-#: operation -> argument -> (validator, default)
-OPS: dict[str, dict[str, tuple[Callable[[Any], Any], Any]]] = {
-    "mixture": {"k": (_int(1, MAX_K), 100), "weights": (_name, "all"), "exclude_seen": (_seen, True)},
-    "history": {"relation": (_names, None), "n": (_int(1, MAX_K), 30)},
-    "popular": {"k": (_int(1, MAX_K), 100), "relation": (_names, None)},
-    "similar": {"k": (_int(1, 1000), 20), "weights": (_name, "all")},
-    "walk": {"k": (_int(1, MAX_K), 100), "walkers": (_int(1, 200_000), 2000), "restart": (_float(0.0, 0.99), 0.5),
-             "max_steps": (_int(1, 1000), 20), "n_p": (_int(1, MAX_K, optional=True), None),
-             "n_v": (_int(1, 10**6), 4), "seed": (_int(0, 2**31), 0)},
-    "union": {"queries": (None, None), "weights": (_floats, None), "quotas": (_optional_ints, None),
-              "k": (_int(1, MAX_K, optional=True), None)},
-    "filter": {"exclude_seen": (_seen, False), "exclude_items": (_item_ids, []),
-               "min_score": (_float(-1e18, 1e18, optional=True), None)},
-    "rank": {"ranker": (_name, "default"), "keep": (_int_list(1, decreasing=True, max_len=3), [150, 25]),
-             "stages": (_stages, None)},
-    "diversify": {"by": (_choice("seed", "component", "origin", "label", "source", "embedding"), "seed"),
-                  "method": (_choice("round_robin", "penalty", "mmr"), "round_robin"),
-                  "penalty": (_float(0.0, 1e9), 0.1), "beta": (_float(0.0, 1.0), 0.5),
-                  "k": (_int(1, MAX_K, optional=True), None)},
-    "take": {"n": (_int(1, MAX_K), 25)},
-}
-
-
 @dataclass(frozen=True)
 class Step:
     """One operation and its (validated, defaults filled) arguments."""
@@ -226,6 +204,12 @@ class Query:
     def take(self, n: int) -> "Query":
         return self.add("take", n=n)
 
+    def __getattr__(self, name: str):
+        """``query.<op>(**args)`` for a registered operation (mixrec.funnel.ops) without its own method."""
+        if name.startswith("_") or name not in FUNNEL_OPS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return lambda **args: self.add(name, **args)
+
     # ----------------------------------------------------------------- documents
     def to_dict(self) -> dict:
         """Plain data (None values left out, so the form is TOML-safe)."""
@@ -255,7 +239,7 @@ class Query:
         for i, raw in enumerate(steps, 1):
             label = f"{prefix}step {i}"
             if not isinstance(raw, dict) or not isinstance(raw.get("op"), str):
-                raise QueryError(label, "op", f"each step needs an 'op' naming one of {sorted(OPS)}")
+                raise QueryError(label, "op", f"each step needs an 'op' naming one of {sorted(FUNNEL_OPS)}")
             args = {k: v for k, v in raw.items() if k != "op"}
             label = f"{label} ({raw['op']})"
             if raw["op"] == "union":
@@ -323,9 +307,10 @@ Query.user = Query.for_user  # type: ignore[assignment]  # Query.user(uid) reads
 
 def make_step(op: str, args: dict, where: str) -> Step:
     """Validate one step's arguments (unknown names, types, ranges) and fill in defaults."""
-    if op not in OPS:
-        raise QueryError(where, "op", f"unknown operation {op!r}; choose from {sorted(OPS)}")
-    spec = OPS[op]
+    if op not in FUNNEL_OPS:
+        raise QueryError(where, "op", f"unknown operation {op!r}; choose from {sorted(FUNNEL_OPS)}")
+    operation = FUNNEL_OPS.get(op)
+    spec = operation.args
     unknown = sorted(set(args) - set(spec))
     if unknown:
         raise QueryError(where, unknown[0], f"unknown argument; {op} takes {sorted(spec)}")
@@ -338,17 +323,21 @@ def make_step(op: str, args: dict, where: str) -> Step:
             except ValueError as e:
                 raise QueryError(where, name, str(e)) from None
         out[name] = value
-    if op == "union":
-        _check_union(out, where)
-    if op == "rank":
-        stages = out["stages"] or DEFAULT_STAGES[len(out["keep"])]
-        if len(stages) != len(out["keep"]):
-            raise QueryError(where, "keep", f"needs one size per stage {stages}, got {out['keep']}")
-        out["stages"] = stages
+    if operation.finish is not None:
+        operation.finish(out, where)
     return Step(op, out)
 
 
-def _check_union(args: dict, where: str) -> None:
+def finish_rank(args: dict, where: str) -> None:
+    """``rank``: default stages for the number of sizes in ``keep``, and one size per stage."""
+    stages = args["stages"] or DEFAULT_STAGES[len(args["keep"])]
+    if len(stages) != len(args["keep"]):
+        raise QueryError(where, "keep", f"needs one size per stage {stages}, got {args['keep']}")
+    args["stages"] = stages
+
+
+def finish_union(args: dict, where: str) -> None:
+    """``union``: sub-queries present; weights and quotas default to one per candidate list."""
     n = len(args["queries"] or [])
     if n == 0:
         raise QueryError(where, "queries", "needs at least one sub-query")
@@ -376,9 +365,11 @@ def _sub_queries(raw, where: str, depth: int) -> list[Query]:
 
 def _check_position(previous: Sequence[Step], step: Step, index: int, prefix: str = "") -> None:
     where = f"{prefix}step {index} ({step.op})"
-    if not previous and step.op not in SOURCE_OPS:
-        raise QueryError(where, None, f"a query must start with a source {list(SOURCE_OPS)}")
-    if previous and step.op in SOURCE_OPS:
+    source = FUNNEL_OPS.get(step.op).source
+    if not previous and not source:
+        sources = [name for name, op in FUNNEL_OPS.items() if op.source]
+        raise QueryError(where, None, f"a query must start with a source {sources}")
+    if previous and source:
         raise QueryError(where, None, "a source can only start a query; add more sources with union(...)")
 
 

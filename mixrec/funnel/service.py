@@ -15,11 +15,12 @@ from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mixrec.funnel.engine import Funnel
+from mixrec.funnel.ops import MAX_WALK_STEPS  # noqa: F401  (re-exported: the limit this module documents)
 from mixrec.funnel.query import Query, QueryError
+from mixrec.registry import FUNNEL_OPS
 from mixrec.funnel.sources import SOURCES
 
 RawId = Union[int, str]
-MAX_WALK_STEPS = 2_000_000
 
 
 class QueryRequest(BaseModel):
@@ -56,10 +57,9 @@ def check_limits(query: Query, max_k: int, where: str = "") -> None:
             v = s.args.get(arg)
             if isinstance(v, int) and v > max_k:
                 raise QueryError(here, arg, f"at most {max_k} on this server, got {v}")
-        if s.op == "rank" and max(s.args["keep"]) > max_k:
-            raise QueryError(here, "keep", f"at most {max_k} on this server, got {s.args['keep']}")
-        if s.op == "walk" and s.args["walkers"] * s.args["max_steps"] > MAX_WALK_STEPS:
-            raise QueryError(here, "walkers", f"walkers * max_steps must be at most {MAX_WALK_STEPS:,} on this server")
+        limits = FUNNEL_OPS.get(s.op).limits  # the operation's own (rank's keep, walk's walker-steps)
+        if limits is not None:
+            limits(s.args, max_k, here)
         for j, q in enumerate(s.args.get("queries") or []):
             check_limits(q, max_k, f"{here} > queries[{j}] > ")
 

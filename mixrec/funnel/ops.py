@@ -1,0 +1,105 @@
+"""Funnel operations, each declared in one place: its arguments (validator, default), executor, checks
+against a funnel and serving limits. To add a step, register an :class:`Operation` here."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from mixrec.funnel.query import (MAX_K, QueryError, _choice, _float, _floats, _int, _int_list, _item_ids, _name,
+                                 _names, _optional_ints, _seen, _stages, finish_rank, finish_union)
+from mixrec.funnel.sources import blend, expand_neighbours, history_source, popular_source
+from mixrec.funnel.walk import walk_expand
+from mixrec.registry import FUNNEL_OPS
+
+MAX_WALK_STEPS = 2_000_000  # serving limit: walkers * max_steps of one walk
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One funnel step.
+
+    ``args``: argument -> (validator raising ValueError, default); ``execute(funnel, args, candidates, user,
+    run_sub) -> CandidateSet`` (``run_sub(query)`` runs a sub-query for the same user); ``source``: it starts
+    a query (and only then); ``finish(args, where)``: checks across arguments after each one's validator;
+    ``check(funnel, args, where)``: against a funnel (rankers, labels); ``limits(args, max_k, where)``: serving
+    limits beyond every ``k``/``n`` <= max_k. The checks raise :class:`QueryError`.
+    """
+
+    args: dict[str, tuple[Optional[Callable[[Any], Any]], Any]]
+    execute: Callable[..., Any]
+    source: bool = False
+    finish: Optional[Callable[[dict, str], None]] = None
+    check: Optional[Callable[[Any, dict, str], None]] = None
+    limits: Optional[Callable[[dict, int, str], None]] = None
+
+
+def _walk(f, a: dict, cs, user: int, run_sub):
+    rng = np.random.default_rng([a["seed"], user])
+    out, _ = walk_expand(f.graph, cs, a["k"], a["walkers"], a["restart"], a["max_steps"], a["n_p"], a["n_v"], rng=rng)
+    return out
+
+
+def _walk_limits(a: dict, max_k: int, where: str) -> None:
+    if a["walkers"] * a["max_steps"] > MAX_WALK_STEPS:
+        raise QueryError(where, "walkers", f"walkers * max_steps must be at most {MAX_WALK_STEPS:,} on this server")
+
+
+def _rank_check(f, a: dict, where: str) -> None:
+    if a["ranker"] not in f.rankers:
+        raise QueryError(where, "ranker", f"no ranker named {a['ranker']!r}; available: "
+                                          f"{sorted(f.rankers) or 'none (train one first)'}")
+    for stage in ("first_pass", "second_pass"):
+        if stage in a["stages"] and getattr(f.rankers[a["ranker"]], stage) is None:
+            raise QueryError(where, "stages", f"ranker {a['ranker']!r} has no distilled {stage}")
+
+
+def _rank_limits(a: dict, max_k: int, where: str) -> None:
+    if max(a["keep"]) > max_k:
+        raise QueryError(where, "keep", f"at most {max_k} on this server, got {a['keep']}")
+
+
+def _diversify_check(f, a: dict, where: str) -> None:
+    if a["by"] == "label" and f.labels is None:
+        raise QueryError(where, "by", "diversifying by label needs item labels (none were given)")
+
+
+_register = FUNNEL_OPS.register
+_register("mixture", Operation(
+    {"k": (_int(1, MAX_K), 100), "weights": (_name, "all"), "exclude_seen": (_seen, True)},
+    lambda f, a, cs, user, sub: f.recommend(user, a["k"], a["weights"], a["exclude_seen"]), source=True))
+_register("history", Operation(
+    {"relation": (_names, None), "n": (_int(1, MAX_K), 30)},
+    lambda f, a, cs, user, sub: history_source(*f.history(a["relation"]), user, a["n"]), source=True))
+_register("popular", Operation(
+    {"k": (_int(1, MAX_K), 100), "relation": (_names, None)},
+    lambda f, a, cs, user, sub: popular_source(*f.popularity(a["relation"]), a["k"]), source=True))
+_register("similar", Operation(
+    {"k": (_int(1, 1000), 20), "weights": (_name, "all")},
+    lambda f, a, cs, user, sub: expand_neighbours(cs, f.similar(cs.items, a["k"], a["weights"]), "similar")))
+_register("walk", Operation(
+    {"k": (_int(1, MAX_K), 100), "walkers": (_int(1, 200_000), 2000), "restart": (_float(0.0, 0.99), 0.5),
+     "max_steps": (_int(1, 1000), 20), "n_p": (_int(1, MAX_K, optional=True), None),
+     "n_v": (_int(1, 10**6), 4), "seed": (_int(0, 2**31), 0)},
+    _walk, limits=_walk_limits))
+_register("union", Operation(
+    {"queries": (None, None), "weights": (_floats, None), "quotas": (_optional_ints, None),
+     "k": (_int(1, MAX_K, optional=True), None)},
+    lambda f, a, cs, user, sub: blend([cs, *(sub(q) for q in a["queries"])], a["weights"], a["quotas"], a["k"]),
+    finish=finish_union))
+_register("filter", Operation(
+    {"exclude_seen": (_seen, False), "exclude_items": (_item_ids, []),
+     "min_score": (_float(-1e18, 1e18, optional=True), None)},
+    lambda f, a, cs, user, sub: f._filter(cs, user, a)))
+_register("rank", Operation(
+    {"ranker": (_name, "default"), "keep": (_int_list(1, decreasing=True, max_len=3), [150, 25]),
+     "stages": (_stages, None)},
+    lambda f, a, cs, user, sub: f._rank(cs, user, a), finish=finish_rank, check=_rank_check, limits=_rank_limits))
+_register("diversify", Operation(
+    {"by": (_choice("seed", "component", "origin", "label", "source", "embedding"), "seed"),
+     "method": (_choice("round_robin", "penalty", "mmr"), "round_robin"),
+     "penalty": (_float(0.0, 1e9), 0.1), "beta": (_float(0.0, 1.0), 0.5),
+     "k": (_int(1, MAX_K, optional=True), None)},
+    lambda f, a, cs, user, sub: f._diversify(cs, a), check=_diversify_check))
+_register("take", Operation({"n": (_int(1, MAX_K), 25)}, lambda f, a, cs, user, sub: cs.head(a["n"])))
