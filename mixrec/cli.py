@@ -10,6 +10,7 @@ import numpy as np
 
 from mixrec.config import Config, ConfigError
 from mixrec.registry import INDEX_BACKENDS
+from mixrec.progress import show_progress_lines
 
 
 def _add_index_arg(p) -> None:
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    show_progress_lines()  # one line per epoch/loop when stderr is not a terminal
     try:
         return args.func(args)
     except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:

@@ -7,11 +7,11 @@ from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
-from tqdm.auto import tqdm
 
 from mixrec.config import IndexConfig
 from mixrec.evaluate.exact import csr_rows
 from mixrec.index import ComponentIndex, same_build
+from mixrec.progress import progress_bar
 
 
 @dataclass
@@ -116,7 +116,7 @@ class Retriever:
         perm = np.argsort(indptr[users + 1] - indptr[users], kind="stable")
         order = users[perm]
         parts = []
-        bar = tqdm(total=len(order), unit="user", disable=not progress, desc="retrieving")
+        bar = progress_bar(total=len(order), unit="user", disable=not progress, desc="retrieving")
         for lo in range(0, len(order), batch):
             parts.append(self.recommend(order[lo:lo + batch], k, exclude_seen))
             bar.update(len(order[lo:lo + batch]))

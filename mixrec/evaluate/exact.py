@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mixrec.model.functional import ALL_DIMS, pool, product_all
+from mixrec.progress import progress_bar
 
 
 def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -36,7 +36,7 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
     out_i = np.full((len(users), k), -1, dtype=np.int64)
     out_s = np.full((len(users), k), -np.inf, dtype=np.float32)
     with torch.no_grad():
-        for lo in tqdm(range(0, len(users), batch), disable=not progress, desc="exact scoring", unit="batch"):
+        for lo in progress_bar(range(0, len(users), batch), disable=not progress, desc="exact scoring", unit="batch"):
             u = users[lo:lo + batch]
             us = us_all[torch.as_tensor(u)]  # (B, C_s, n)
             m = product_all(us, vt, normalized=True)  # (B, C_s, C_d, N)

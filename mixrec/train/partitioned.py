@@ -22,11 +22,11 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.io import load_array, save_array, save_json
+from mixrec.progress import epoch_line, progress_bar
 from mixrec.train.graph_source import GraphSource
 from mixrec.train.memory import keep_freed_heap
 from mixrec.train.negative_pool import BucketNegatives, bucket_negatives
@@ -276,7 +276,7 @@ class PartitionedTrainer:
         loss, edges = 0.0, 0
         plan = self.plan()
         chunks = self.config.edge_chunks
-        bar = tqdm(total=len(plan) * chunks, unit="bucket", disable=not self.progress, leave=False,
+        bar = progress_bar(total=len(plan) * chunks, unit="bucket", disable=not self.progress, leave=False,
                    desc=f"epoch {epoch + 1}/{self.config.epochs}")
         for chunk in range(chunks):
             for pair, i, j in plan:
@@ -302,7 +302,7 @@ class PartitionedTrainer:
             rec = self.run_epoch(epoch)
             self.history.append(rec)
             self.epochs_done = epoch + 1
-            log.info("epoch %d: %s", epoch + 1, rec)
+            epoch_line(rec, self.config.epochs) if self.progress else log.info("epoch %d: %s", epoch + 1, rec)
             self._save_state(fingerprint)
         export_model(self, out)
         return MixtureModel.load(out)

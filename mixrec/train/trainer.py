@@ -11,12 +11,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.multiprocessing as mp
-from tqdm.auto import tqdm
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
+from mixrec.progress import epoch_line, progress_bar
 from mixrec.train.device import on_device, resolve_device
 from mixrec.train.sampler import TrainingEdges, epoch_schedule, make_batches, training_edges
 from mixrec.train.step import train_step
@@ -76,7 +76,7 @@ class Trainer:
                        "edges_per_s": self.edges.total / max(secs, 1e-9), "seconds": secs}
                 rec.update(self._validate(epoch))
                 self.history.append(rec)
-                log.info("epoch %d: %s", epoch + 1, rec)
+                epoch_line(rec, cfg.epochs) if self.progress else log.info("epoch %d: %s", epoch + 1, rec)
                 self._emit(TrainEvent("epoch", epoch + 1, loss=rec["loss"], metrics=rec))
                 stop = self._early_stop(epoch)
                 self._save_checkpoint(epoch + 1)
@@ -96,7 +96,7 @@ class Trainer:
 
     def _run_epoch(self, epoch: int) -> float:
         total, n_edges = 0.0, self.edges.total
-        bar = tqdm(total=n_edges, unit="edge", unit_scale=True, disable=not self.progress,
+        bar = progress_bar(total=n_edges, unit="edge", unit_scale=True, disable=not self.progress,
                    desc=f"epoch {epoch + 1}/{self.config.epochs}", leave=False)
         with on_device(self.model.tables, self.states, self.device) as (tables, states):
             for i, batch in enumerate(make_batches(self.edges, self.config, epoch)):
@@ -222,7 +222,7 @@ class _WorkerPool:
         for q in self.inboxes:
             q.put(epoch)
         total = 0.0
-        bar = tqdm(total=len(self.procs), unit="worker", disable=not self.trainer.progress,
+        bar = progress_bar(total=len(self.procs), unit="worker", disable=not self.trainer.progress,
                    desc=f"epoch {epoch + 1}/{self.trainer.config.epochs} ({len(self.procs)} workers)", leave=False)
         for _ in self.procs:
             rank, loss, err = self.outbox.get()
