@@ -272,3 +272,23 @@ def test_responses_conform_to_the_published_schemas(client, models):
     h = HistoryResponse.model_validate(client.post("/v1/candidates/from-history", json={"items": items[:5], "k": 4}).json())
     assert len(h.mixture_weights) == 3 and abs(sum(h.mixture_weights) - 1) < 1e-5
     CandidatesResponse.model_validate(client.get(f"/v1/items/{items[0]}/similar", params={"k": 3}).json())
+
+
+def test_server_uses_uvloop_and_httptools_when_installed(monkeypatch):
+    import importlib.util
+
+    import uvicorn
+
+    from mixrec.serve import server
+    pytest.importorskip("uvloop")
+    pytest.importorskip("httptools")
+    stack = server.fast_stack()
+    assert stack == {"loop": "uvloop", "http": "httptools"}
+    config = uvicorn.Config(lambda *a: None, **stack)
+    config.load()
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    assert config.http_protocol_class is HttpToolsProtocol
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("uvloop", "httptools")
+                        else real(name, *a))
+    assert server.fast_stack() == {"loop": "asyncio", "http": "h11"}

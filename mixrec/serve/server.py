@@ -64,6 +64,14 @@ class ReloadBroadcast:
         return t
 
 
+def fast_stack() -> dict:
+    """uvicorn's ``loop``/``http`` settings: uvloop and httptools when installed (the usual production setup,
+    lower latency than asyncio and h11), otherwise uvicorn's pure-Python defaults."""
+    import importlib.util
+    have = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+    return {"loop": "uvloop" if have("uvloop") else "asyncio", "http": "httptools" if have("httptools") else "h11"}
+
+
 def _listen_shared(host: str, port: int) -> socket.socket:
     """A listening socket with SO_REUSEPORT: every worker gets its own accept queue on the same port and
     the kernel spreads connections over them."""
@@ -84,8 +92,8 @@ def _worker(settings_json: str, control: str, log_level: str) -> None:
     settings = ServeSettings.model_validate_json(settings_json)
     app = create_app(settings, broadcast=ReloadBroadcast(control))
     sock = _listen_shared(settings.host, settings.port)
-    uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
-                                  timeout_graceful_shutdown=10)).run(sockets=[sock])
+    uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
+                                  **fast_stack())).run(sockets=[sock])
 
 
 def _run_workers(settings: ServeSettings, log_level: str) -> None:
@@ -136,5 +144,6 @@ def run(settings: ServeSettings, sock: socket.socket | None = None, log_level: s
         return _run_workers(settings, log_level)
     from mixrec.serve.app import create_app
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
-                                           log_level=log_level, access_log=False, timeout_graceful_shutdown=10))
+                                           log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
+                                           **fast_stack()))
     server.run(sockets=[sock] if sock is not None else None)
