@@ -1,65 +1,130 @@
-"""The offline demo: synthetic log -> ingest -> train mixture and single embedding -> retrieve -> evaluate."""
+"""The offline demo: a planted multi-interest log -> ingest -> train a mixture and a single embedding -> what each
+component retrieves for a user -> the side-by-side evaluation -> the next commands to run."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Callable
+
+import numpy as np
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.data.synthetic import SyntheticSpec, write
 from mixrec.evaluate import evaluate, load_item_labels
+from mixrec.evaluate.labels import ItemLabels
 from mixrec.retrieve import Retriever
 from mixrec.train import train
 
-KEYS = ("recall@20", "ndcg@20", "div@50", "label_coverage@50", "catalog_coverage@50")
-
-# The paper's benchmark: one vector of dimension C_s * n against C_s user components of dimension n
-# (items: one component of dimension n, so the mixture has fewer item parameters), plus the
-# mixture at the single model's item dimension.
+KEYS = ("recall@20", "ndcg@20", "label_coverage@50", "div@50", "catalog_coverage@50")
+MIXTURE = "mixture 4x8"
+# Users with 3-5 of 30 planted interest clusters, and 8 dimensions per vector: one 8-d vector cannot point at
+# several clusters at once, four 8-d components can. "single 1x32" gives one vector the mixture's user
+# degrees of freedom (C x dim = 32) and its items four times the dimensions.
+SPEC = SyntheticSpec(n_users=1500, n_items=1200, n_clusters=30, interests_per_user=(3, 5), seed=0)
+QUICK_SPEC = SyntheticSpec(n_users=400, n_items=300, n_clusters=10, interests_per_user=(2, 4), seed=0)
+EPOCHS, QUICK_EPOCHS = 4, 2
 MODELS = {
-    "single 1x64": {"components": {"user": 1, "item": 1}, "dim": 64},
-    "mixture 4x16": {"components": {"user": 4, "item": 1}, "dim": 16},
-    "mixture 4x64": {"components": {"user": 4, "item": 1}, "dim": 64},
+    "single 1x8": {"components.user": 1, "dim": 8},
+    MIXTURE: {"components.user": 4, "dim": 8},
+    "single 1x32": {"components.user": 1, "dim": 32},
 }
-NOTE = """single 1x64 and mixture 4x16 have equal user degrees of freedom (C x dim = 64); the mixture's items
-then have 16 dimensions instead of 64. mixture 4x64 keeps the single model's item dimension and gives
-each user four 64-d interests. 'exact' ranks all items by the pooled score, 'retrieval' is round-robin KNN."""
+NOTE = """single 1x8 and mixture 4x8 have the same item vectors (8-d); the mixture gives each user four of them.
+single 1x32 has the mixture's user degrees of freedom (C x dim = 32) in one vector, and 32-d items.
+'exact' ranks all items by the pooled score, 'retrieval' is the round-robin KNN that `mixrec retrieve` and
+`mixrec serve` run. label_coverage@50: distinct labels in a user's top 50 / all labels; div@50: pairwise label diversity."""
+# Further examples shown after the comparison: each is called with (workdir, echo) and prints its own section.
+# The typed-graph example (several entity types and relations) registers itself here.
+SECTIONS: list[Callable[[Path, Callable[[str], None]], None]] = []
 
 
 def run_demo(workdir: str | Path = "runs/demo", epochs: int | None = None, quick: bool = False,
              echo=print) -> dict:
-    """Run the whole pipeline twice (mixture vs single embedding) and print a side-by-side table."""
+    """Train a mixture and single embeddings on a planted multi-interest log; print what the mixture's
+    components retrieve for two users, the side-by-side evaluation and the next commands."""
     from mixrec.data.ingest import ingest
 
     work = Path(workdir)
-    spec = SyntheticSpec(n_users=800, n_items=600, n_clusters=12, seed=0) if quick else SyntheticSpec(seed=0)
-    epochs = epochs or (3 if quick else 10)
+    spec = QUICK_SPEC if quick else SPEC
+    epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)
     t0 = time.perf_counter()
     files = write(spec, work / "raw")
-    echo(f"generated {spec.n_users} users x {spec.n_items} items in {spec.n_clusters} planted interest clusters "
-         f"-> {files['events']}")
+    echo(f"1. data: {spec.n_users} users x {spec.n_items} items; each user has {spec.interests_per_user[0]}-"
+         f"{spec.interests_per_user[1]} of {spec.n_clusters} planted interest clusters (item labels topic00..)"
+         f" -> {files['events']}")
     report = ingest(files["events"], work / "data", source_col="user_id", target_col="item_id",
                     relation_col="event", timestamp_col="timestamp", split_col="split", progress=False)
-    echo(report.summary())
+    echo("   " + report.summary())
     data = Dataset.load(work / "data")
     labels = load_item_labels(files["items"], data.ids["item"], id_col="item_id", label_col="genres")
-    results = {}
+    rel = data.relations[0].name
+    results, retrievers = {}, {}
+    echo(f"\n2. train ({epochs} epochs each)")
     for name, overrides in MODELS.items():
-        cfg = Config().with_overrides({**_flatten(overrides), "epochs": epochs})
         t1 = time.perf_counter()
-        model = train(data, cfg, work / "models" / name.replace(" ", "_"), progress=False)
+        model = train(data, Config().with_overrides({**overrides, "epochs": epochs}), work / "models" /
+                      name.replace(" ", "_"), progress=False)
         secs = time.perf_counter() - t1
-        retriever = Retriever(model)
-        users, cands = retriever.recommend_all(100, progress=False)
-        retriever.to_table(users, cands)  # the same table `mixrec retrieve` writes
-        rep = evaluate(model, data, [20, 50], relation=data.relations[0].name, labels=labels, retriever=retriever)
-        results[name] = {"train_seconds": secs, **rep["relations"][data.relations[0].name]}
-        echo(f"trained {name} in {secs:.1f}s")
-    echo("")
+        retrievers[name] = Retriever(model)
+        rep = evaluate(model, data, [20, 50], relation=rel, labels=labels, retriever=retrievers[name])
+        results[name] = {"train_seconds": secs, **rep["relations"][rel]}
+        echo(f"   {name}: trained in {secs:.1f}s")
+    echo("\n3. one user, several interests: the mixture's candidates by component, with their planted labels")
+    for user in pick_users(data, labels, 2):
+        echo(explain_user(data, labels, retrievers, user))
+    echo("\n4. side by side (test split)")
     echo(format_side_by_side(results))
-    echo("\n" + NOTE)
+    echo(NOTE)
+    for section in SECTIONS:
+        section(work, echo)
+    echo("\n" + next_commands(work, files))
     echo(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; files in {work}")
     return results
+
+
+def pick_users(data: Dataset, labels: ItemLabels, n: int) -> list[int]:
+    """The ``n`` users (dense ids) with the most distinct labels among their training items (ties: lowest id)."""
+    e = data.split("train", [data.relations[0].name])
+    pairs = np.unique(np.stack([e.src, item_label(labels)[e.dst]]), axis=1)
+    distinct = np.bincount(pairs[0], minlength=data.num(data.relations[0].source_type))
+    return [int(u) for u in np.lexsort((np.arange(len(distinct)), -distinct))[:n]]
+
+
+def item_label(labels: ItemLabels) -> np.ndarray:
+    """Each item's first label id (-1 for none); the planted log gives every item exactly one."""
+    first = np.full(labels.n_items, -1, np.int64)
+    has = labels.counts() > 0
+    first[has] = labels.indices[labels.indptr[:-1][has]]
+    return first
+
+
+def explain_user(data: Dataset, labels: ItemLabels, retrievers: dict, user: int, k: int = 20, shown: int = 4) -> str:
+    """The user's history labels, each mixture component's share of the top ``k`` candidates with their labels,
+    and the single embedding's top ``k`` labels."""
+    names = np.array(labels.names + ["?"])
+    label_of = names[item_label(labels)]  # -1 (no label) reads "?"
+    e = data.split("train", [data.relations[0].name])
+    hist = Counter(label_of[e.dst[e.src == user]].tolist())
+    raw = data.ids[data.relations[0].source_type][user]
+    lines = [f"   user {raw}: history {_counts(hist)}"]
+    mix = retrievers[MIXTURE]
+    cands = mix.recommend([user], k)
+    w = mix.w_src[user]
+    for c in range(len(w)):
+        items = cands.items[0][cands.components[0] == c]
+        if not len(items):
+            continue
+        lines.append(f"     component {c + 1} (weight {w[c]:.2f}): {len(items):2d} of top {k}, "
+                     f"labels {_counts(Counter(label_of[items].tolist()))}; e.g. "
+                     + ", ".join(str(data.ids['item'][i]) for i in items[:shown]))
+    single = retrievers["single 1x8"].recommend([user], k).items[0]
+    lines.append(f"     single 1x8 top {k}: labels {_counts(Counter(label_of[single[single >= 0]].tolist()))}")
+    return "\n".join(lines)
+
+
+def _counts(c: Counter, most: int = 6) -> str:
+    return " ".join(f"{lab} x{n}" for lab, n in c.most_common(most))
 
 
 def format_side_by_side(results: dict) -> str:
@@ -72,11 +137,22 @@ def format_side_by_side(results: dict) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+def next_commands(work: Path, files: dict) -> str:
+    """The commands a user runs next, on the demo's own files."""
+    model = work / "models" / MIXTURE.replace(" ", "_")
+    return "\n".join([
+        "5. next: the same steps from the command line (docs/guide.md explains each)",
+        f"   mixrec train {work / 'data'} --out {work / 'my-model'} --set components.user=4 --set dim=8",
+        f"   mixrec retrieve {model} --k 100 --out {work / 'candidates.parquet'}",
+        f"   mixrec evaluate {model} {work / 'data'} --item-labels {files['items']}",
+        f"   mixrec similar {model} {data_first_item(files)}",
+        f"   mixrec serve {model}    # then: curl 'localhost:8000/v1/users/u000000/candidates?k=10'",
+        f"   mixrec tune {work / 'data'} --help    # search dim, components and temperature",
+    ])
+
+
+def data_first_item(files: dict) -> str:
+    """The first item id of the generated label table (a valid argument for `mixrec similar`)."""
+    with open(files["items"]) as fh:
+        fh.readline()
+        return fh.readline().split("\t")[0]
