@@ -76,7 +76,7 @@ def run_demo(workdir: str | Path = "runs/demo", epochs: int | None = None, quick
     echo(NOTE)
     for section in SECTIONS:
         section(work, echo)
-    echo("\n" + next_commands(work, files))
+    echo("\n" + next_commands(work, files, data.ids["item"][0]))
     echo(f"\ndemo finished in {time.perf_counter() - t0:.0f}s; files in {work}")
     return results
 
@@ -135,7 +135,7 @@ def format_side_by_side(results: dict) -> str:
     return "\n".join([fmt(header), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def next_commands(work: Path, files: dict) -> str:
+def next_commands(work: Path, files: dict, first_item) -> str:
     """The commands a user runs next, on the demo's own files."""
     model = work / "models" / MIXTURE.replace(" ", "_")
     return "\n".join([
@@ -143,14 +143,7 @@ def next_commands(work: Path, files: dict) -> str:
         f"   mixrec train {work / 'data'} --out {work / 'my-model'} --set components.user=4 --set dim=4 --set epochs=8",
         f"   mixrec retrieve {model} --k 100 --out {work / 'candidates.parquet'}",
         f"   mixrec evaluate {model} {work / 'data'} --item-labels {files['items']}",
-        f"   mixrec similar {model} {data_first_item(files)}",
+        f"   mixrec similar {model} {first_item}",
         f"   mixrec serve {model}    # then: curl 'localhost:8000/v1/users/u000000/candidates?k=10'",
-        f"   mixrec tune {work / 'data'} --help    # search dim, components and temperature",
+        f"   mixrec tune {work / 'data'} --trials 20 --out best.toml    # Optuna: lr, temperature, pooling",
     ])
-
-
-def data_first_item(files: dict) -> str:
-    """The first item id of the generated label table (a valid argument for `mixrec similar`)."""
-    with open(files["items"]) as fh:
-        fh.readline()
-        return fh.readline().split("\t")[0]
