@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from mixrec.config import Config, ConfigError
-from mixrec.registry import INDEX_BACKENDS
 from mixrec.progress import show_progress_lines
+from mixrec.registry import INDEX_BACKENDS
 
 
 def _add_index_arg(p) -> None:
