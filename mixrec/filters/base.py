@@ -1,0 +1,228 @@
+"""The filter model interface: batched scoring of history rows, top-k, exclusion, pickle-free model directories."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from mixrec.data.dataset import Dataset
+from mixrec.io import atomic_dir, save_json, sha256
+
+FORMAT = 1
+ARRAYS = "arrays.npz"
+
+
+def binary_matrix(src: np.ndarray, dst: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
+    """Binary CSR of (row, col) pairs, duplicates merged."""
+    m = sp.csr_matrix((np.ones(len(src), dtype=np.float32), (np.asarray(src), np.asarray(dst))),
+                      shape=(n_rows, n_cols))
+    m.sum_duplicates()
+    m.data[:] = 1.0
+    return m
+
+
+def inv_power(deg: np.ndarray, p: float) -> np.ndarray:
+    """deg ** -p with 0 where deg == 0 (float64)."""
+    deg = np.asarray(deg, dtype=np.float64).ravel()
+    out = np.zeros_like(deg)
+    nz = deg > 0
+    out[nz] = deg[nz] ** -p
+    return out
+
+
+def normalise(r: sp.csr_matrix, user_exp: float = 0.5, item_exp: float = 0.5) -> sp.csr_matrix:
+    """R~ = D_u^{-a} R D_i^{-b} (GF-CF's normalised interaction matrix at a = b = 1/2), float32 CSR."""
+    du = inv_power(r.sum(axis=1), user_exp)
+    di = inv_power(r.sum(axis=0), item_exp)
+    return sp.csr_matrix(sp.diags(du) @ r @ sp.diags(di), dtype=np.float32)
+
+
+def through_users(x: np.ndarray, left: sp.csr_matrix, right_t: sp.csr_matrix) -> np.ndarray:
+    """x @ L^T @ M for dense x (B, I), user x item CSR L and M^T as CSR (I, U): two sparse x dense products."""
+    mid = left @ np.ascontiguousarray(x.T)  # (U, B) == L x^T
+    return np.ascontiguousarray((right_t @ mid).T, dtype=np.float32)  # (B, I) == (L x^T)^T M
+
+
+def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Best ``k`` columns per row (items, scores), best first; -inf entries become item -1."""
+    k_eff = min(k, scores.shape[1])
+    out_i = np.full((scores.shape[0], k), -1, dtype=np.int64)
+    out_s = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
+    if k_eff == 0:
+        return out_i, out_s
+    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
+    vals = np.take_along_axis(scores, part, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    idx, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
+    idx[~np.isfinite(vals)] = -1
+    out_i[:, :k_eff], out_s[:, :k_eff] = idx, vals
+    return out_i, out_s
+
+
+class FilterModel:
+    """A closed-form item-item filter: scores = history rows x filter, fitted from a dataset directory.
+
+    Subclasses define ``kind``, ``_fit(inputs)``, ``_apply(x)`` (dense (B, I) history -> (B, I) scores)
+    and the arrays they save. ``inputs`` maps each input relation to its binary user x item CSR.
+    """
+
+    kind = "base"
+
+    def __init__(self, **params):
+        self.params = dict(params)
+        self.relations: list[str] = []
+        self.target: str = ""
+        self.ids: dict[str, np.ndarray] = {}
+        self.history: dict[str, sp.csr_matrix] = {}  # relation -> user x item binary training rows
+        self.path: Path | None = None
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, dataset: Dataset | str | Path, relations: Sequence[str] | None = None,
+            target: str | None = None) -> "FilterModel":
+        """Fit on the train split of ``relations`` (default all); ``target`` (default the last) is what is ranked."""
+        data = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
+        self.relations = list(relations) if relations else [r.name for r in data.relations]
+        self.target = target or self.relations[-1]
+        self.ids = {t: np.asarray(data.ids[t]) for t in ("user", "item")}
+        n_u, n_i = data.num("user"), data.num("item")
+        for r in dict.fromkeys(self.relations + [self.target]):
+            e = data.split("train", relations=[r])
+            self.history[r] = binary_matrix(e.src, e.dst, n_u, n_i)
+        self._fit()
+        return self
+
+    def _fit(self) -> None:
+        raise NotImplementedError
+
+    def _apply(self, x: dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    @property
+    def n_items(self) -> int:
+        return int(len(self.ids["item"]))
+
+    @property
+    def n_users(self) -> int:
+        return int(len(self.ids["user"]))
+
+    def input_relations(self) -> list[str]:
+        return list(self.relations)
+
+    # ------------------------------------------------------------------ scoring
+    def score_users(self, users: np.ndarray) -> np.ndarray:
+        """Dense (B, I) scores of some training users (one batch: keep B small)."""
+        users = np.asarray(users, dtype=np.int64)
+        return self._apply({r: self.history[r][users].toarray() for r in self.input_relations()})
+
+    def _ranked(self, score, rows: int, k: int, exclude, batch: int) -> tuple[np.ndarray, np.ndarray]:
+        items = np.full((rows, k), -1, dtype=np.int64)
+        scores = np.full((rows, k), -np.inf, dtype=np.float32)
+        for lo in range(0, rows, batch):
+            hi = min(lo + batch, rows)
+            s = score(lo, hi)
+            if exclude is not None:
+                ex = exclude(lo, hi).tocoo()
+                s[ex.row, ex.col] = -np.inf
+            items[lo:hi], scores[lo:hi] = topk_rows(s, k)
+        return items, scores
+
+    def recommend(self, users: Sequence[int], k: int = 20, exclude_seen: bool = True,
+                  batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` (items, scores) per training user, scored in batches; seen target items skipped if asked."""
+        users = np.asarray(users, dtype=np.int64)
+        if users.size and (users.min() < 0 or users.max() >= self.n_users):
+            raise IndexError(f"user indices must lie in [0, {self.n_users})")
+        seen = self.history[self.target]
+        return self._ranked(lambda lo, hi: self.score_users(users[lo:hi]), len(users), k,
+                            (lambda lo, hi: seen[users[lo:hi]]) if exclude_seen else None, batch)
+
+    def history_matrix(self, histories: Sequence[Sequence[int]]) -> sp.csr_matrix:
+        """Binary CSR (len(histories), I) of item index lists."""
+        rows = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        cols = np.concatenate([np.asarray(h, dtype=np.int64) for h in histories]) if len(histories) else \
+            np.zeros(0, dtype=np.int64)
+        if cols.size and (cols.min() < 0 or cols.max() >= self.n_items):
+            raise IndexError(f"history item indices must lie in [0, {self.n_items})")
+        return binary_matrix(rows, cols, len(histories), self.n_items)
+
+    def recommend_from_history(self, histories: Sequence[Sequence[int]] | dict[str, Sequence[Sequence[int]]],
+                               k: int = 20, exclude_seen: bool = True,
+                               batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` for unseen users from item lists (no training): scores = history rows x filter.
+
+        Multi-relation models take ``{relation: lists}``; a plain list is used for every input relation.
+        Excluded items are the target relation's history.
+        """
+        if not isinstance(histories, dict):
+            histories = {r: histories for r in self.input_relations()}
+        n = len(next(iter(histories.values())))
+        mats = {r: self.history_matrix(histories.get(r, [[]] * n)) for r in self.input_relations()}
+        target = self.history_matrix(histories[self.target]) if self.target in histories else mats[
+            self.input_relations()[-1]]
+        return self._ranked(lambda lo, hi: self._apply({r: m[lo:hi].toarray() for r, m in mats.items()}), n, k,
+                            (lambda lo, hi: target[lo:hi]) if exclude_seen else None, batch)
+
+    def similar(self, items: Sequence[int], k: int = 20, batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` items for each query item (its one-item history through the filter), the item itself excluded."""
+        items = np.asarray(items, dtype=np.int64)
+        one = [[int(i)] for i in items]
+        return self.recommend_from_history(one, k=k, exclude_seen=True, batch=batch)
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | Path) -> Path:
+        """Write the model directory atomically: model.json (kind, params, checksums) and arrays.npz."""
+        path = Path(path)
+        arrays = dict(self._arrays())
+        for t, ids in self.ids.items():
+            arrays[f"ids_{t}"] = ids.astype(str) if ids.dtype.kind == "O" else ids
+        for r, m in self.history.items():
+            m = m.tocsr()
+            arrays[f"history_{r}_indptr"], arrays[f"history_{r}_indices"] = m.indptr.astype(np.int64), \
+                m.indices.astype(np.int32)
+        with atomic_dir(path) as tmp:
+            np.savez(tmp / ARRAYS, **arrays)
+            meta = {"format": FORMAT, "kind": self.kind, "params": self.params, "relations": self.relations,
+                    "target": self.target, "history": list(self.history),
+                    "shape": [self.n_users, self.n_items], "checksums": {ARRAYS: sha256(tmp / ARRAYS)}}
+            save_json(tmp / "model.json", meta)
+        self.path = path
+        return path
+
+    @classmethod
+    def _load_into(cls, model: "FilterModel", path: Path, meta: dict, verify: bool) -> "FilterModel":
+        f = path / ARRAYS
+        if verify and (not f.is_file() or sha256(f) != meta["checksums"][ARRAYS]):
+            raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
+                             "refit or restore the model directory")
+        with np.load(f, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        model.relations, model.target = list(meta["relations"]), meta["target"]
+        model.ids = {t: arrays.pop(f"ids_{t}") for t in ("user", "item")}
+        n_u, n_i = meta["shape"]
+        for r in meta["history"]:
+            ptr, ind = arrays.pop(f"history_{r}_indptr"), arrays.pop(f"history_{r}_indices")
+            model.history[r] = sp.csr_matrix((np.ones(len(ind), dtype=np.float32), ind, ptr), shape=(n_u, n_i))
+        model._restore(arrays)
+        model.path = path
+        return model
+
+
+def read_meta(path: str | Path) -> dict:
+    """model.json of a filter model directory, with a clear error when it is not one."""
+    path = Path(path)
+    mp = path / "model.json"
+    if not mp.is_file():
+        raise FileNotFoundError(f"{path}: not a model directory (no model.json); fit one with `mixrec fit-filter`")
+    meta = json.loads(mp.read_text())
+    if "kind" not in meta or meta.get("format") != FORMAT:
+        raise ValueError(f"{mp}: not a filter model (needs format {FORMAT} and a 'kind' field)")
+    return meta

@@ -1,0 +1,174 @@
+"""Graph-filter models against dense numpy formulas on a small random matrix; storage, fold-in, exclusion."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mixrec.data.dataset import Dataset, Edges, Relation
+from mixrec.filters import KINDS, load_filter, make_filter
+from mixrec.filters.spectral import SpectralFilter, chebyshev_coefficients, randomized_svd
+
+N_U, N_I = 30, 20
+
+
+def _dense(seed=0, p=0.2, n_u=N_U, n_i=N_I):
+    rng = np.random.default_rng(seed)
+    r = (rng.random((n_u, n_i)) < p).astype(np.float64)
+    r[np.arange(n_u), rng.integers(0, n_i, n_u)] = 1  # every user has an item
+    return r
+
+
+def _dataset(mats: dict[str, np.ndarray]) -> Dataset:
+    rels = list(mats)
+    parts = []
+    for code, m in enumerate(mats.values()):
+        u, i = np.nonzero(m)
+        parts.append((u, i, np.full(len(u), code)))
+    src, dst, rel = (np.concatenate([p[j] for p in parts]) for j in range(3))
+    n_u, n_i = next(iter(mats.values())).shape
+    edges = Edges(src.astype(np.int64), dst.astype(np.int64), rel.astype(np.int64), np.ones(len(src), np.float32))
+    return Dataset(ids={"user": np.arange(n_u), "item": np.arange(n_i)}, relations=[Relation(r) for r in rels],
+                   edges={"train": edges})
+
+
+def _norm(r):
+    du, di = r.sum(1), r.sum(0)
+    return r / np.sqrt(np.where(du > 0, du, np.inf))[:, None] / np.sqrt(np.where(di > 0, di, np.inf))[None, :]
+
+
+@pytest.fixture(params=[True, False], ids=["dense-operator", "factored"])
+def dense_mode(request, monkeypatch):
+    monkeypatch.setattr(SpectralFilter, "dense_items", 10_000 if request.param else 0)
+    return request.param
+
+
+def test_linear_matches_numpy(dense_mode):
+    r = _dense()
+    m = make_filter("linear").fit(_dataset({"click": r}))
+    rn = _norm(r)
+    np.testing.assert_allclose(m.score_users(np.arange(N_U)), r @ rn.T @ rn, rtol=1e-4, atol=1e-6)
+
+
+def test_gfcf_and_lowpass_match_numpy(dense_mode):
+    r = _dense(1)
+    k = 5
+    rn = _norm(r)
+    _, _, vt = np.linalg.svd(rn)
+    v = vt[:k]
+    di = r.sum(0)
+    ideal = np.diag(di ** -0.5) @ v.T @ v @ np.diag(di ** 0.5)
+    lp = make_filter("lowpass", rank=k).fit(_dataset({"click": r}))
+    np.testing.assert_allclose(lp.score_users(np.arange(N_U)), r @ ideal, rtol=1e-4, atol=1e-5)
+    g = make_filter("gfcf", rank=k, alpha=0.3).fit(_dataset({"click": r}))
+    np.testing.assert_allclose(g.score_users(np.arange(N_U)), r @ (rn.T @ rn + 0.3 * ideal), rtol=1e-4, atol=1e-5)
+
+
+def test_chebyshev_matches_numpy_polynomial(dense_mode):
+    r = _dense(2)
+    order, cut, beta = 5, 0.4, 0.3
+    m = make_filter("chebyshev", order=order, cutoff=cut, beta=beta).fit(_dataset({"click": r}))
+    rn = _norm(r)
+    lap = np.eye(N_I) - rn.T @ rn
+    x = 2 * lap - np.eye(N_I)
+    # naive: T_k(X) from the recurrence on dense matrices, coefficients from the interpolation formula
+    nodes = np.cos(np.pi * (np.arange(order + 1) + 0.5) / (order + 1))
+    vals = ((nodes + 1) / 2 <= cut).astype(float)
+    t = [np.eye(N_I), x]
+    for _ in range(order - 1):
+        t.append(2 * x @ t[-1] - t[-2])
+    c = [(2 - (k == 0)) / (order + 1) * sum(vals[j] * np.cos(k * np.arccos(nodes[j])) for j in range(order + 1))
+         for k in range(order + 1)]
+    poly = sum(ck * tk for ck, tk in zip(c, t))
+    di = r.sum(0)
+    f = np.diag(di ** -beta) @ poly @ np.diag(di ** beta)
+    np.testing.assert_allclose(m.score_users(np.arange(N_U)), r @ f, rtol=1e-3, atol=1e-4)
+
+
+def test_chebyshev_interpolates_at_nodes():
+    c = chebyshev_coefficients(np.exp, 6)
+    nodes = np.cos(np.pi * (np.arange(7) + 0.5) / 7)
+    np.testing.assert_allclose(np.polynomial.chebyshev.chebval(nodes, c), np.exp(nodes), rtol=1e-12)
+
+
+def test_randomized_svd_recovers_top_singular_vectors():
+    import scipy.sparse as sp
+    rng = np.random.default_rng(0)
+    u, _ = np.linalg.qr(rng.standard_normal((400, 50)))
+    v, _ = np.linalg.qr(rng.standard_normal((300, 50)))
+    s = np.r_[np.linspace(10, 5, 8), np.linspace(1, 0.1, 42)]
+    a = sp.csr_matrix(u * s @ v.T)
+    _, s_hat, vt_hat = randomized_svd(a, 8, oversample=10, n_iter=4)
+    np.testing.assert_allclose(s_hat, s[:8], rtol=1e-6)
+    np.testing.assert_allclose(vt_hat.T @ vt_hat, v[:, :8] @ v[:, :8].T, atol=1e-6)  # same subspace
+
+
+def test_cascade_matches_numpy():
+    rng = np.random.default_rng(3)
+    mats = {b: _dense(s, p) for b, s, p in (("view", 4, 0.4), ("cart", 5, 0.2), ("buy", 6, 0.1))}
+    c, beta, steps = 0.4, 0.6, 3
+    m = make_filter("cascade", restart=c, carry=beta, steps=steps).fit(_dataset(mats), relations=list(mats))
+    assert m.target == "buy"
+    l1 = lambda x: x / np.maximum(np.abs(x).sum(1, keepdims=True), 1e-300)  # noqa: E731
+    s = None
+    for b, r in mats.items():
+        q = l1(r) if s is None else (1 - beta) * l1(r) + beta * l1(s)
+        p = _norm(r).T @ _norm(r)
+        s = sum(c * (1 - c) ** t * q @ np.linalg.matrix_power(p, t) for t in range(steps + 1))
+    np.testing.assert_allclose(m.score_users(np.arange(N_U)), s, rtol=1e-4, atol=1e-7)
+    del rng
+
+
+def _fitted(kind):
+    if kind == "cascade":
+        mats = {"view": _dense(4, 0.4), "cart": _dense(5, 0.2), "buy": _dense(6, 0.1)}
+        return make_filter(kind).fit(_dataset(mats)), mats["buy"]
+    r = _dense(7)
+    return make_filter(kind, **({"rank": 4} if kind in ("lowpass", "gfcf") else {})).fit(_dataset({"click": r})), r
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_save_load_round_trip(kind, tmp_path):
+    m, _ = _fitted(kind)
+    m.save(tmp_path / "m")
+    back = load_filter(tmp_path / "m")
+    assert type(back) is type(m) and back.params == m.params
+    np.testing.assert_array_equal(back.score_users(np.arange(N_U)), m.score_users(np.arange(N_U)))
+    arr = tmp_path / "m" / "arrays.npz"
+    raw = bytearray(arr.read_bytes())
+    raw[-1] ^= 0xFF
+    arr.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="checksum"):
+        load_filter(tmp_path / "m")
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_history_equals_training_user_and_exclusion(kind):
+    m, target = _fitted(kind)
+    users = np.arange(N_U)
+    items, scores = m.recommend(users, k=5)
+    hist = {r: [np.flatnonzero(m.history[r][u].toarray()) for u in users] for r in m.relations}
+    items_h, scores_h = m.recommend_from_history(hist if kind == "cascade" else hist[m.relations[0]], k=5)
+    np.testing.assert_allclose(scores_h, scores, rtol=1e-5)
+    np.testing.assert_array_equal(items_h[np.isfinite(scores)], items[np.isfinite(scores)])
+    # exclusion: no seen target item is returned, and the list is the top of the unexcluded scores
+    full = m.score_users(users)
+    for u in users:
+        seen = set(np.flatnonzero(target[u]).tolist())
+        got = [i for i in items[u] if i >= 0]
+        assert not seen & set(got)
+        ref = [i for i in np.argsort(-full[u], kind="stable") if i not in seen][:5]
+        np.testing.assert_allclose(full[u, got], full[u, ref[:len(got)]], rtol=1e-6)
+    _, with_seen = m.recommend(users, k=5, exclude_seen=False)
+    np.testing.assert_allclose(with_seen[:, 0], full.max(1), rtol=1e-6)
+
+
+def test_similar_is_one_item_history():
+    m, _ = _fitted("gfcf")
+    items, scores = m.similar([3, 5], k=4)
+    onehot = np.zeros((2, N_I), np.float32)
+    onehot[[0, 1], [3, 5]] = 1
+    full = m._apply({"click": onehot})
+    for row, q in enumerate([3, 5]):
+        assert q not in items[row]
+        ref = np.sort(np.delete(full[row], q))[::-1][:4]
+        np.testing.assert_allclose(scores[row], ref, rtol=1e-5)
