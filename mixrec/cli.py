@@ -229,6 +229,16 @@ def cmd_evaluate(a) -> int:
     from mixrec.data.dataset import Dataset
     from mixrec.evaluate import evaluate, format_report, load_item_labels
     from mixrec.io import save_json
+    from mixrec.filters import is_filter_dir
+    if is_filter_dir(a.model):  # a closed-form filter model (mixrec fit-filter): exact ranking only
+        from mixrec.filters import load_filter
+        from mixrec.filters.command import evaluate_filter
+        report = evaluate_filter(load_filter(a.model), Dataset.load(a.data), a.k or [20, 50], split=a.split,
+                                 relation=a.relation, exclude_seen=a.exclude_seen)
+        print(format_report(report))
+        if a.json:
+            save_json(a.json, report)
+        return 0
     from mixrec.model import MixtureModel
     model = MixtureModel.load(a.model)
     data = Dataset.load(a.data)
@@ -346,6 +356,11 @@ def cmd_serve(a) -> int:
     return 0
 
 
+def _add_fit_filter(sub) -> None:
+    from mixrec.filters.command import add_parser
+    add_parser(sub)
+
+
 def _add_report(sub) -> None:
     from mixrec.report.command import add_parser
     add_parser(sub)
@@ -382,7 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (_add_ingest, _add_train, _add_retrieve, _add_similar, _add_evaluate, _add_generate, _add_demo,
-                _add_serve, _add_report, _add_tune, _add_funnel):
+                _add_serve, _add_report, _add_tune, _add_funnel, _add_fit_filter):
         add(sub)
     return parser
 
