@@ -38,7 +38,7 @@ GRIDS = {
     "lowpass": ({"rank": [32, 64, 128]}, {}),
     "gfcf": ({"rank": [64, 256], "item_exp": [0.5]}, {"alpha": [0.3, 0.6, 1.0]}),
     "chebyshev": ({"order": [8], "alpha": [0.0]}, {"cutoff": [0.8, 0.9, 0.95], "beta": [0.0]}),
-    "cascade": ({}, {"restart": [0.3, 0.5, 0.7], "carry": [0.3, 0.6], "steps": [2]}),
+    "cascade": ({}, {"restart": [0.5, 0.7, 0.85, 0.95], "carry": [0.6, 0.8], "steps": [2]}),
 }
 ANCHORS = {"gowalla": ("ChebyCF", 0.1941, "recall@20"), "tmall_mb": ("CascadingRank", 0.3324, "hit_rate@10"),
            "ml1m": (None, None, "recall@20")}
