@@ -49,6 +49,9 @@ PBG_PACKAGES = (["torch==2.13.0"], ["--no-deps", "torchbiggraph==1.0.0"],
                 ["setuptools<81", "attrs>=18.2", "h5py>=2.8", "numpy", "tqdm"])
 SHAPES = {"single": (1, 1), "mixture": (5, 1)}  # source, destination components
 DIM, BATCH, NEGS, K = 64, 1000, (50, 50), 10
+# --defaults: Config() as shipped (sampled softmax, 256 in-batch + 1024 uniform negatives, batches of 1024) with
+# the single vector at 1 x 64 against the default mixture (components.user=4, dim 32): (source C, dest C, dim)
+DEFAULT_SHAPES = {"single": (1, 1, 64), "mixture": (4, 1, 32)}
 
 
 # --------------------------------------------------------------------- the graph
@@ -87,7 +90,12 @@ def load_dataset(graph: Path) -> Dataset:
 
 # --------------------------------------------------------------------- the two systems
 def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", compile_step: bool = False,
-                  loss: str = "margin") -> Config:
+                  loss: str = "margin", defaults: bool = False) -> Config:
+    if defaults:
+        cs, cd, dim = DEFAULT_SHAPES[model]
+        return Config().with_overrides({
+            "dim": dim, "components": {"user": cs, "item": cd}, "epochs": epochs, "workers": workers,
+            "early_stopping.patience": 0, "device": device, "compile": compile_step})
     cs, cd = SHAPES[model]
     return Config().with_overrides({
         "dim": DIM, "components": {"user": cs, "item": cd}, "epochs": epochs, "batch_size": BATCH,
@@ -97,7 +105,7 @@ def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", co
 
 
 def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str, name: str,
-                 compile_step: bool = False, loss: str = "margin") -> None:
+                 compile_step: bool = False, loss: str = "margin", defaults: bool = False) -> None:
     """Train mixrec in this (child) process; writes embeddings and result.json under work/NAME-MODEL."""
     from mixrec.train.trainer import Trainer
     torch.set_num_threads(1)
@@ -106,7 +114,7 @@ def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str,
     ds = load_dataset(work / "graph")
     cpu = [tree_cpu_seconds()]
     t0 = time.perf_counter()
-    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step, loss), None, progress=False,
+    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step, loss, defaults), None, progress=False,
                       callbacks=[lambda ev: ev.kind == "epoch" and cpu.append(tree_cpu_seconds())])
     trained = trainer.fit()
     wall = time.perf_counter() - t0
@@ -152,11 +160,12 @@ def run_measured(cmd: list[str], env: dict | None = None) -> dict:
     return {"peak_pss_bytes": peak[0], "process_seconds": time.perf_counter() - t0}
 
 
-def test_quality(graph: Path, user: np.ndarray, item: np.ndarray, model: str, chunk: int = 512) -> dict:
+def test_quality(graph: Path, user: np.ndarray, item: np.ndarray, model: str, chunk: int = 512,
+                 defaults: bool = False) -> dict:
     """MRR and Recall@K of each test destination ranked among all destinations (train ones excluded)."""
-    cs, cd = SHAPES[model]
-    us = normalize(torch.from_numpy(user.reshape(len(user), cs, -1)[..., :DIM].copy()))
-    it = normalize(torch.from_numpy(item.reshape(len(item), -1)[:, :cd * DIM].reshape(len(item), cd, DIM).copy()))
+    cs, cd, dim = DEFAULT_SHAPES[model] if defaults else (*SHAPES[model], DIM)
+    us = normalize(torch.from_numpy(user.reshape(len(user), cs, -1)[..., :dim].copy()))
+    it = normalize(torch.from_numpy(item.reshape(len(item), -1)[:, :cd * dim].reshape(len(item), cd, dim).copy()))
     tr_s, tr_d = np.load(graph / "train_src.npy"), np.load(graph / "train_dst.npy")
     te_s, te_d = np.load(graph / "test_src.npy"), np.load(graph / "test_dst.npy")
     cfg = Config()
@@ -225,42 +234,53 @@ def run_all(args) -> dict:
               "graph": json.loads((graph / "counts.json").read_text()), "epochs": args.epochs,
               "workers": args.workers, "repeats": args.repeats, "runs": {}}
     pbg_py = ensure_pbg(work / "pbg-venv") if args.pbg else None
-    for model in args.models:
-        cmd = [sys.executable, __file__, "--child", model, "--work", str(work), "--epochs", str(args.epochs),
-               "--device", args.device]
-        systems = [("mixrec", cmd + ["--workers", str(args.workers)], None)]
-        if args.scaling:
-            systems.append(("mixrec-1worker", cmd + ["--workers", "1", "--name", "mixrec-1worker"], None))
-        if args.compile:
-            systems.append(("mixrec-compiled", cmd + ["--workers", str(args.workers), "--name", "mixrec-compiled",
-                                                      "--compile"], None))
-        if args.softmax:
-            systems.append(("mixrec-softmax", cmd + ["--workers", str(args.workers), "--name", "mixrec-softmax",
-                                                     "--loss", "softmax"] + ["--compile"] * args.compile, None))
-        if pbg_py:
-            pbg = [str(pbg_py), str(HERE / "pbg_run.py"), str(work), "--model", model, "--epochs", str(args.epochs),
-                   "--workers", str(args.workers)]
-            systems.append(("pbg", pbg, {"PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}))
-        for rep in range(args.repeats):  # alternate the systems so that load from others hits both alike
-            for system, c, env in systems:
-                print(f"[{model}] training {system} (round {rep + 1}/{args.repeats}) ...", flush=True)
-                meas = run_measured(c, env)
-                out = work / f"{system}-{model}"
-                res = json.loads((out / "result.json").read_text())
-                res.update(meas, edges_per_s=steady_edges_per_s(res),
-                           edges_per_cpu_s=steady_edges_per_s(res, "epoch_cpu_seconds"))
-                res.update(test_quality(graph, np.load(out / "user.npy"), np.load(out / "item.npy"), model))
-                key = f"{system}/{model}"
-                res["rounds_edges_per_s"] = report["runs"].get(key, {}).get("rounds_edges_per_s", []) + \
-                    [res["edges_per_s"]]
-                if res["edges_per_s"] >= max(res["rounds_edges_per_s"]):
-                    report["runs"][key] = res  # the best round of each system is reported
-                else:
-                    report["runs"][key]["rounds_edges_per_s"] = res["rounds_edges_per_s"]
+    systems = {model: _systems(args, model, work, pbg_py) for model in args.models}
+    # alternate the systems (and, with --interleave, the models) so that load from others hits all alike
+    order = ([(rep, m) for rep in range(args.repeats) for m in args.models] if args.interleave else
+             [(rep, m) for m in args.models for rep in range(args.repeats)])
+    for rep, model in order:
+        for system, c, env in systems[model]:
+            print(f"[{model}] training {system} (round {rep + 1}/{args.repeats}) ...", flush=True)
+            meas = run_measured(c, env)
+            out = work / f"{system}-{model}"
+            res = json.loads((out / "result.json").read_text())
+            res.update(meas, edges_per_s=steady_edges_per_s(res),
+                       edges_per_cpu_s=steady_edges_per_s(res, "epoch_cpu_seconds"))
+            res.update(test_quality(graph, np.load(out / "user.npy"), np.load(out / "item.npy"), model,
+                                    defaults=args.defaults))
+            key = f"{system}/{model}"
+            prev = report["runs"].get(key, {})
+            res["rounds_edges_per_s"] = prev.get("rounds_edges_per_s", []) + [res["edges_per_s"]]
+            res["rounds_edges_per_cpu_s"] = prev.get("rounds_edges_per_cpu_s", []) + [res["edges_per_cpu_s"]]
+            if res["edges_per_s"] >= max(res["rounds_edges_per_s"]):
+                report["runs"][key] = res  # the best round of each system is reported
+            else:
+                prev.update(rounds_edges_per_s=res["rounds_edges_per_s"],
+                            rounds_edges_per_cpu_s=res["rounds_edges_per_cpu_s"])
     if not args.no_micro:
         torch.set_num_threads(os.cpu_count() or 1)
         report["micro"] = micro()
     return report
+
+
+def _systems(args, model: str, work: Path, pbg_py: Path | None) -> list[tuple[str, list[str], dict | None]]:
+    """The (name, command, environment) of every system trained for one model shape."""
+    cmd = [sys.executable, __file__, "--child", model, "--work", str(work), "--epochs", str(args.epochs),
+           "--device", args.device] + ["--defaults"] * args.defaults
+    systems = [("mixrec", cmd + ["--workers", str(args.workers)], None)]
+    if args.scaling:
+        systems.append(("mixrec-1worker", cmd + ["--workers", "1", "--name", "mixrec-1worker"], None))
+    if args.compile:
+        systems.append(("mixrec-compiled", cmd + ["--workers", str(args.workers), "--name", "mixrec-compiled",
+                                                  "--compile"], None))
+    if args.softmax:
+        systems.append(("mixrec-softmax", cmd + ["--workers", str(args.workers), "--name", "mixrec-softmax",
+                                                 "--loss", "softmax"] + ["--compile"] * args.compile, None))
+    if pbg_py:
+        pbg = [str(pbg_py), str(HERE / "pbg_run.py"), str(work), "--model", model, "--epochs", str(args.epochs),
+               "--workers", str(args.workers)]
+        systems.append(("pbg", pbg, {"PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}))
+    return systems
 
 
 def _machine() -> dict:
@@ -277,6 +297,15 @@ def print_report(rep: dict) -> None:
         print(f"{name:<24}{r['edges_per_s']:>11,.0f}{r['edges_per_cpu_s']:>13,.0f}"
               f"{r['peak_pss_bytes'] / 2**20:>14,.0f}{r['mrr']:>8.4f}{r[f'recall@{K}']:>8.4f}"
               f"{r['process_seconds']:>11.1f}")
+    for system in ("mixrec", "mixrec-compiled", "mixrec-softmax"):
+        one, mix = runs.get(f"{system}/single"), runs.get(f"{system}/mixture")
+        if one and mix:
+            med = {k: float(np.median(mix[k])) / float(np.median(one[k]))
+                   for k in ("rounds_edges_per_s", "rounds_edges_per_cpu_s")}
+            print(f"cost per edge {system} mixture / single (medians of {len(mix['rounds_edges_per_s'])} rounds): "
+                  f"{1 / med['rounds_edges_per_s']:.2f}x wall, {1 / med['rounds_edges_per_cpu_s']:.2f}x CPU; rounds "
+                  f"edges/s single {_fmt_rounds(one['rounds_edges_per_s'])}, mixture "
+                  f"{_fmt_rounds(mix['rounds_edges_per_s'])}")
     for model in SHAPES:
         a, b = runs.get(f"mixrec/{model}"), runs.get(f"pbg/{model}")
         one = runs.get(f"mixrec-1worker/{model}")
@@ -302,6 +331,10 @@ def print_report(rep: dict) -> None:
                       f"GEMM; {rows / 1e6:.2f} M rows = {rows / m['gather_rows_per_cpu_s']:.1%} of the row-gather rate")
 
 
+def _fmt_rounds(values: list[float]) -> str:
+    return "/".join(f"{v:,.0f}" for v in values)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pbg", action="store_true", help="also install and run PyTorch-BigGraph 1.0.0")
@@ -321,13 +354,19 @@ def main() -> None:
     ap.add_argument("--softmax", action="store_true",
                     help="also train mixrec with its default loss (sampled softmax, temperature 0.1, log-Q) on the "
                          "same negatives, compiled when --compile is given")
+    ap.add_argument("--defaults", action="store_true",
+                    help="train at Config() defaults (sampled softmax, 256 in-batch + 1024 uniform negatives, "
+                         "batches of 1024): single 1 x 64 against the default mixture 4 x 32")
+    ap.add_argument("--interleave", action="store_true",
+                    help="alternate the models round by round (single, mixture, single, ...) instead of "
+                         "running all rounds of one model first")
     ap.add_argument("--loss", default="margin", choices=["margin", "softmax"], help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--name", default="mixrec", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile,
-                     args.loss)
+                     args.loss, args.defaults)
         return
     if args.micro_into:
         torch.set_num_threads(os.cpu_count() or 1)

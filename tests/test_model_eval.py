@@ -103,3 +103,31 @@ def test_index_of_maps_raw_ids(planted):
     assert ds.index_of("user", list(raw) + ["nobody"]).tolist() == [3, 0, -1]
     ints = Dataset({"item": np.array([7, 9])}, [], {})
     assert ints.index_of("item", ["9", 7, "007"]).tolist() == [1, 0, -1]
+
+
+def test_evaluate_diagnostics_and_minority_recall_follow_the_retrieved_lists(trained):
+    from mixrec.evaluate import format_report
+    from mixrec.evaluate.diagnostics import dominant_labels, effective_components, hit_component_share
+    from mixrec.evaluate.metrics import csr_from_pairs
+    model, ds = trained
+    n = ds.num("item")
+    labels = ItemLabels.from_pairs(np.arange(n), np.arange(n) % 4, n, ["a", "b", "c", "d"])
+    rep = evaluate(model, ds, [5, 10], relation="click", labels=labels)
+    e = ds.split("test", relations=["click"])
+    users = np.unique(e.src)
+    truth = csr_from_pairs(np.searchsorted(users, e.src), e.dst, len(users))
+    _, cands = Retriever(model).recommend_all(10, users=users, progress=False)
+    share = rep["diagnostics"]["relations"]["click"]["component_hit_share@10"]
+    np.testing.assert_allclose(share, hit_component_share(cands.items, cands.components, *truth, 10, 3))
+    assert sum(share) == pytest.approx(1.0)
+    w = model.mixture_weights("user")
+    assert rep["diagnostics"]["model"]["effective_components"] == pytest.approx(effective_components(w).mean())
+    # minority recall by a loop over users: test items whose one label is not the user's dominant label
+    dom = dominant_labels(*csr_from_pairs(*csr_rows(*model.seen(), users), len(users)), labels)
+    rec = []
+    for row in range(len(users)):
+        items = [i for i in truth[1][truth[0][row]:truth[0][row + 1]] if not dom[row, i % 4]]
+        if items:
+            rec.append(len(set(items) & set(cands.items[row, :10])) / len(items))
+    assert rep["relations"]["click"]["retrieval"]["minority_recall@10"] == pytest.approx(np.mean(rec))
+    assert "minority_recall@10" in format_report(rep) and "hits found by component" in format_report(rep)
