@@ -14,7 +14,7 @@ from mixrec.config import Config
 from mixrec.evaluate import evaluate
 from mixrec.io import save_json
 from mixrec.report import component_top_items, weight_entropy
-from mixrec.report.svg import histogram, line_chart
+from mixrec.report.svg import bar_chart, histogram, line_chart
 from mixrec.train import train
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").is_file() else None)
@@ -43,6 +43,8 @@ def test_svg_charts_hold_one_mark_per_series_and_bin():
     h = histogram(np.array([0.1, 0.2, 0.25, 0.9]), 4, "h", "x", 0.0, 1.0)
     counts = [int(c) for c in re.findall(r'data-count="(\d+)"', h)]
     assert counts == [2, 1, 0, 1]
+    b = bar_chart({"m": [0.5, 0.25, float("nan")], "s": [1.0]}, ["c0", "c1", "c2"], "b", "x", "y")
+    assert re.findall(r'data-name="(\w)"[^>]*data-value="([\d.]+)"', b) == [("m", "0.5"), ("s", "1"), ("m", "0.25")]
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,16 @@ def test_report_html_is_self_contained_and_complete(report_files):
     _, out, model = report_files
     html = out.read_text()
     assert "<script" not in html and "http://" not in html.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    for sid in ("summary", "training", "evaluation", "weights", "users"):
+    for sid in ("summary", "training", "evaluation", "weights", "diagnostics", "users"):
         assert f'<section id="{sid}">' in html
+    # the diagnostics section plots each relation's hit share per component (one bar each, summing to 1)
+    diag = html.split('<section id="diagnostics">')[1].split("</section>")[0]
+    shares: dict = {}
+    for name, v in re.findall(r'<rect class="bar" data-name="([^"]*)"[^>]*data-value="([^"]+)"', diag):
+        shares.setdefault(name, []).append(float(v))
+    assert len(shares) == 2  # click and like
+    for vals in shares.values():
+        assert len(vals) == model.components("user") and sum(vals) == pytest.approx(1.0, abs=1e-4)
     assert html.count('class="user"') == 3
     assert html.count('class="comp"') == 3 * model.components("user")
     assert html.count("<li>") == 3 * 3 * 4
@@ -84,7 +94,8 @@ def test_report_renders_in_headless_chromium(report_files, tmp_path):
     assert dom.count("<svg") >= 6 and dom.count("</svg>") == dom.count("<svg")
     assert len(re.findall(r'<polyline class="series"', dom)) >= 4  # loss, valid recall, speed, recall@K
     assert dom.count('class="user"') == 3
-    assert len(re.findall(r'<rect class="bar"', dom)) == 60  # three 20-bin weight histograms
+    # three 20-bin weight histograms, the 20-bin component cosine histogram, one hit-share bar per component
+    assert len(re.findall(r'<rect class="bar"', dom)) == 80 + 2 * model.components("user")
     genres = json.dumps(sorted({g for line in (out.parent / "items.tsv").read_text().splitlines()[1:]
                                 for g in line.split("\t")[-1].split("|")}))
     assert any(g in dom for g in json.loads(genres))

@@ -10,9 +10,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from mixrec.evaluate.diagnostics import component_cosine, effective_components
 from mixrec.evaluate.labels import ItemLabels
 from mixrec.io import atomic_file
-from mixrec.report.svg import histogram, line_chart, scatter_chart
+from mixrec.report.svg import bar_chart, histogram, line_chart, scatter_chart
 
 CSS = """body{font-family:sans-serif;margin:24px;max-width:1150px;color:#222}
 h1{font-size:22px}h2{font-size:18px;border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:28px}
@@ -36,11 +37,7 @@ def component_top_items(user_vecs: torch.Tensor, item_vecs: torch.Tensor, k: int
     return idx.numpy(), val.numpy()
 
 
-def weight_entropy(w: np.ndarray) -> np.ndarray:
-    """Effective number of components per node: exp of the entropy of its mixture weights (N, C) -> (N,)."""
-    p = np.clip(np.asarray(w, dtype=np.float64), 1e-12, None)
-    p = p / p.sum(1, keepdims=True)
-    return np.exp(-(p * np.log(p)).sum(1))
+weight_entropy = effective_components  # exp of the entropy of a node's mixture weights (N, C) -> (N,)
 
 
 def _section(title: str, body: str, sid: str) -> str:
@@ -88,6 +85,44 @@ def _evaluations(evals: dict[str, dict]) -> str:
     charts = [line_chart(curves, "Recall@K", "K", "recall", xlog=True)]
     if points:
         charts.append(scatter_chart(points, "Recall vs diversity", "Div@K (largest K)", "Recall@K (smallest K)"))
+    return '<div class="charts">' + "".join(charts) + "</div>" + table
+
+
+def _diagnostics(model, evals: dict[str, dict]) -> str:
+    """Component cosine per user, each evaluation's hit share per component, minority-interest recall."""
+    t = model.source_type
+    c = model.components(t)
+    charts = []
+    if c > 1:
+        charts.append(histogram(component_cosine(model.vectors(t).numpy()), 20,
+                                f"Mean pairwise cosine of a {t}'s components", "cosine", -1.0, 1.0))
+    shares, minority, rows = {}, {}, []
+    for name, rep in evals.items():
+        diag = rep.get("diagnostics") or {}
+        m = diag.get("model")
+        if m:
+            rows.append(f"<tr><td>{escape(name)}</td><td>{m['components']}</td><td>{m['component_cosine']:.3f}</td>"
+                        f"<td>{m['effective_components']:.2f}</td><td>{m['dead_weight']:.3f}</td></tr>")
+        for rel, d in diag.get("relations", {}).items():
+            ks = sorted(int(k.split("@")[1]) for k in d if k.startswith("component_hit_share@"))
+            if ks:
+                shares[f"{name} / {rel} @{ks[-1]}"] = d[f"component_hit_share@{ks[-1]}"]
+        for rel, res in rep.get("relations", {}).items():
+            for method, mm in res.items():
+                ks = sorted(int(k.split("@")[1]) for k in mm if k.startswith("minority_recall@")) \
+                    if isinstance(mm, dict) else []
+                if ks:
+                    minority[f"{name} / {rel} / {method}"] = (ks, [mm[f"minority_recall@{k}"] for k in ks])
+    if shares:
+        n = max(len(v) for v in shares.values())
+        charts.append(bar_chart(shares, [f"c{i}" for i in range(n)], "Share of retrieved hits per component",
+                                "source component (round-robin winner)", "share of hits"))
+    if minority:
+        charts.append(line_chart(minority, "Minority-interest recall@K", "K", "recall", xlog=True))
+    table = ("<table><tr><th>evaluation</th><th>C</th><th>mean component cosine</th><th>effective components "
+             "(exp entropy)</th><th>share of weights &lt; 0.01</th></tr>" + "".join(rows) + "</table>") if rows else ""
+    if not charts and not table:
+        return '<p class="empty">A single component and no evaluation with diagnostics.</p>'
     return '<div class="charts">' + "".join(charts) + "</div>" + table
 
 
@@ -156,6 +191,7 @@ def build_report(model, *, evaluations: dict[str, dict] | None = None, labels: I
              _section("Training", _training(model.info), "training"),
              _section("Evaluation", _evaluations(evaluations or {}), "evaluation"),
              _section("Mixture weights", _weights(model, weight_set), "weights"),
+             _section("Mixture diagnostics", _diagnostics(model, evaluations or {}), "diagnostics"),
              _section("Sampled users and their components", _users(model, users, weight_set, top, labels, titles),
                       "users")]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>mixrec report</title>"

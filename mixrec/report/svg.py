@@ -1,4 +1,4 @@
-"""Inline SVG charts (line, scatter, histogram) with no dependencies, for the self-contained HTML report."""
+"""Inline SVG charts (line, scatter, histogram, grouped bars) with no dependencies, for the self-contained HTML report."""
 from __future__ import annotations
 
 import math
@@ -124,3 +124,30 @@ def histogram(values: np.ndarray, bins: int, title: str, xlabel: str, lo: float 
         out.append(f'<rect class="bar" x="{fx(a):.1f}" y="{fy(c):.1f}" width="{max(fx(b) - fx(a) - 1, 0.5):.1f}" '
                    f'height="{fy(0) - fy(c):.1f}" fill="{COLORS[0]}" data-count="{c}"/>')
     return "\n".join(out + ["</svg>"])
+
+
+def bar_chart(groups: dict[str, Sequence[float]], categories: Sequence[str], title: str, xlabel: str,
+              ylabel: str) -> str:
+    """Grouped bars: one group per category, one bar per series; ``groups`` maps a series name to one value
+    per category. Non-finite values draw no bar."""
+    clean = {n: [float(v) for v in vals] for n, vals in groups.items()}
+    finite = [v for vals in clean.values() for v in vals if math.isfinite(v)]
+    if not finite or not categories:
+        return f'<p class="empty">{escape(title)}: no data</p>'
+    top = max(max(finite), 0.0) * 1.05 or 1.0
+    fx = _scale(0, len(categories), PAD_L, W - PAD_R)
+    fy = _scale(0, top, H - PAD_B, PAD_T)
+    out = _frame(title, xlabel, ylabel, [], [0, top], fx, fy, True)  # xlog: no numeric x ticks
+    width = (fx(1) - fx(0)) * 0.8 / max(len(clean), 1)
+    for j, cat in enumerate(categories):
+        out.append(f'<text x="{fx(j + 0.5):.1f}" y="{H - PAD_B + 12}" text-anchor="middle" font-size="10">'
+                   f'{escape(str(cat))}</text>')
+        for i, (name, vals) in enumerate(clean.items()):
+            v = vals[j] if j < len(vals) else float("nan")
+            if not math.isfinite(v):
+                continue
+            x = fx(j + 0.1) + i * width
+            out.append(f'<rect class="bar" data-name="{escape(name)}" x="{x:.1f}" y="{fy(v):.1f}" '
+                       f'width="{max(width - 1, 0.5):.1f}" height="{fy(0) - fy(v):.1f}" '
+                       f'fill="{COLORS[i % len(COLORS)]}" data-value="{v:.6g}"/>')
+    return "\n".join(out + _legend(list(clean)) + ["</svg>"])
