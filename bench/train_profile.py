@@ -69,6 +69,10 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds; the best is kept")
     ap.add_argument("--rows", type=int, default=12, help="operators shown per profile")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "train_speed")
+    ap.add_argument("--defaults", action="store_true",
+                    help="Config() defaults (softmax, 256 + 1024 negatives, batches of 1024): single 1 x 64, "
+                         "mixture 4 x 32 (bench/train_speed.py --defaults)")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="step paths to time")
     ap.add_argument("--kernels", action="store_true",
                     help="name each compiled kernel in the compiled path's profile (inductor's kernel profile)")
     args = ap.parse_args()
@@ -78,21 +82,23 @@ def main() -> None:
         inductor_config.cpp.enable_kernel_profile = True
     ds = load_dataset(build_graph(args.work))
     for name in args.models:
-        cfg = mixrec_config(name, 1, 1)
-        cfgs = {p: cfg.with_overrides({"compile": p == "compiled"}) for p in PATHS}
+        cfg = mixrec_config(name, 1, 1, defaults=args.defaults)
+        paths = {p: PATHS[p] for p in args.paths}
+        cfgs = {p: cfg.with_overrides({"compile": p == "compiled"}) for p in paths}
         batches = list(make_batches(training_edges(ds, cfg), cfg, 0))[:args.batches]
-        t0 = time.perf_counter()
-        run(train_step, ds, cfgs["compiled"], batches[:4])
-        print(f"{name}: compiling the step took {time.perf_counter() - t0:.1f} s", flush=True)
-        best = {p: 0.0 for p in PATHS}
+        if "compiled" in paths:
+            t0 = time.perf_counter()
+            run(train_step, ds, cfgs["compiled"], batches[:4])
+            print(f"{name}: compiling the step took {time.perf_counter() - t0:.1f} s", flush=True)
+        best = {p: 0.0 for p in paths}
         for _ in range(args.repeats):
-            for p, step in PATHS.items():
+            for p, step in paths.items():
                 best[p] = max(best[p], run(step, ds, cfgs[p], batches))
+        ratios = [f"{a} / {b} = {best[a] / best[b]:.2f}x" for a, b in (("fused", "autograd"), ("compiled", "fused"))
+                  if a in best and b in best]
         print(f"\n== {name}: edges per CPU-second, one thread: "
-              + ", ".join(f"{p} {v:,.0f}" for p, v in best.items())
-              + f"; fused / autograd = {best['fused'] / best['autograd']:.2f}x"
-              + f"; compiled / fused = {best['compiled'] / best['fused']:.2f}x", flush=True)
-        for p, step in PATHS.items():
+              + ", ".join(f"{p} {v:,.0f}" for p, v in best.items()) + "".join(f"; {r}" for r in ratios), flush=True)
+        for p, step in paths.items():
             print(f"\n-- {name}, {p}: top operators by self CPU time over {len(batches)} batches")
             print(profile_path(step, ds, cfgs[p], batches, args.rows))
 

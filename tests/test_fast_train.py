@@ -20,14 +20,15 @@ def _rand(*shape, seed=0):
 @pytest.mark.parametrize("name", POOLS)
 @pytest.mark.parametrize("form", ["mean", "sum"])
 @pytest.mark.parametrize("dims,shape", [(F.PAIR_DIMS, (6, 3, 2)), (F.ALL_DIMS, (4, 3, 2, 5)),
-                                        (F.ALL_DIMS, (4, 1, 1, 5))])
-def test_pool_with_grad_matches_autograd(name, form, dims, shape):
+                                        (F.ALL_DIMS, (4, 1, 1, 5)), (F.ALL_DIMS, (3, 20, 1, 4))])
+@pytest.mark.parametrize("inplace", [False, True])
+def test_pool_with_grad_matches_autograd(name, form, dims, shape, inplace):
     m = _rand(*shape).requires_grad_(True)
     kw = dict(gamma=0.3, theta=0.2, theta_form=form, dims=dims)
     want = F.pool(m, name, **kw)
     up = _rand(*want.shape, seed=1)
     (g_want,) = torch.autograd.grad((want * up).sum(), m)
-    got, local = F.pool_with_grad(m.detach(), name, **kw)
+    got, local = F.pool_with_grad(m.detach().clone() if inplace else m.detach(), name, inplace=inplace, **kw)
     assert torch.allclose(got, want)
     drop = [d % m.dim() for d in dims]
     up_b = up.reshape([1 if i in drop else s for i, s in enumerate(m.shape)])

@@ -168,13 +168,15 @@ def sampled_softmax_loss(pos: Tensor, neg: Tensor, temperature: float, weight: T
 
 # --------------------------------------------------------------------- closed-form gradients (training hot path)
 def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
-                   dims=PAIR_DIMS) -> tuple[Tensor, Tensor | None] | None:
+                   dims=PAIR_DIMS, inplace: bool = False) -> tuple[Tensor, Tensor | None] | None:
     """A built-in pooling and its local derivative d pooled / d m (same shape as ``m``), without autograd.
 
     Every pooled value depends only on its own slice of ``m``, so the gradient of any loss with respect to
     ``m`` is this derivative times the upstream gradient broadcast over ``dims`` (which must be adjacent).
     The derivative is None where the pooling is the identity (one component pair).
     Returns None for a registered (non built-in) pooling, whose gradient only autograd knows.
+    ``inplace=True`` may write the (smoothmax, regsmoothmax) derivative into ``m``'s memory: the training
+    step's negative scores are its largest tensor, and a second buffer of that size costs page faults.
     """
     spec = POOLINGS.get(name) if name in POOLINGS else None
     if spec is None or spec.with_grad is None:
@@ -185,7 +187,8 @@ def pool_with_grad(m: Tensor, name: str, gamma: float = 0.1, theta: float = 0.1,
     flat = m.flatten(lo, hi)  # the pooled axes as one axis ``lo``
     if flat.shape[lo] == 1:
         return flat.squeeze(lo), None
-    pooled, grad = spec.with_grad(flat, lo, gamma=gamma, theta=theta, theta_form=theta_form)
+    extra = {"inplace": True} if inplace and spec.with_grad in _IN_PLACE else {}
+    pooled, grad = spec.with_grad(flat, lo, gamma=gamma, theta=theta, theta_form=theta_form, **extra)
     return pooled, grad.view_as(m)
 
 
@@ -199,16 +202,32 @@ def _max_with_grad(flat: Tensor, lo: int, **_) -> tuple[Tensor, Tensor]:
     return top.squeeze(lo), hit.div_(hit.sum(lo, keepdim=True))
 
 
-def _smoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, **_) -> tuple[Tensor, Tensor]:
-    p = torch.softmax(flat * (1.0 / gamma), dim=lo)
-    s = (flat * p).sum(lo, keepdim=True)
-    return s.squeeze(lo), torch.add(p, (flat - s).mul_(p), alpha=1.0 / gamma)  # p * (1 + (m - s) / gamma)
+def _smoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, inplace: bool = False,
+                         **_) -> tuple[Tensor, Tensor]:
+    """p = softmax(m / gamma) as e / sum e, e = exp((m - max) / gamma): one buffer of m's size (the reductions
+    over the short component axis leave (..., 1, ...) tensors); ``inplace`` writes the derivative into ``flat``."""
+    e = (flat - flat.amax(lo, keepdim=True)).mul_(1.0 / gamma).exp_()
+    inv_tot = e.sum(lo, keepdim=True).reciprocal_()
+    s = _dot_along(flat, e, lo).mul_(inv_tot)  # sum p * m, keepdim
+    # p * (1 + (m - s) / gamma) = (m - (s - gamma)) * e / (gamma * sum e)
+    grad = flat.sub_(s - gamma) if inplace else flat - (s - gamma)
+    return s.squeeze(lo), grad.mul_(e).mul_(inv_tot.mul_(1.0 / gamma))
+
+
+def _dot_along(a: Tensor, b: Tensor, axis: int) -> Tensor:
+    """sum(a * b, axis, keepdim=True) without a temporary of ``a``'s size when the axis is short."""
+    if a.shape[axis] > 16:
+        return (a * b).sum(axis, keepdim=True)
+    out = a.select(axis, 0) * b.select(axis, 0)
+    for i in range(1, a.shape[axis]):
+        out.addcmul_(a.select(axis, i), b.select(axis, i))
+    return out.unsqueeze(axis)
 
 
 def _regsmoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean",
-                            **_) -> tuple[Tensor, Tensor]:
-    s, grad = _smoothmax_with_grad(flat, lo, gamma)
+                            inplace: bool = False, **_) -> tuple[Tensor, Tensor]:
     reg, dreg = (flat.mean(lo), 1.0 / flat.shape[lo]) if theta_form == "mean" else (flat.sum(lo), 1.0)
+    s, grad = _smoothmax_with_grad(flat, lo, gamma, inplace)  # after the mean: ``flat`` may be overwritten
     return theta * reg + (1.0 - theta) * s, grad.mul_(1.0 - theta).add_(theta * dreg)
 
 
@@ -216,6 +235,7 @@ for _name, _fn, _grad in (("max", pool_max, _max_with_grad), ("mean", pool_mean,
                           ("smoothmax", smoothmax, _smoothmax_with_grad),
                           ("regsmoothmax", regsmoothmax, _regsmoothmax_with_grad)):
     POOLINGS.register(_name, PoolingSpec(_fn, _grad, identity_on_one=True))
+_IN_PLACE = (_smoothmax_with_grad, _regsmoothmax_with_grad)
 
 
 def has_closed_form(name: str) -> bool:

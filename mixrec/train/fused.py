@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, normalize_backward, pool_with_grad
 from mixrec.registry import LOSSES
+from mixrec.train.memory import keep_freed_heap
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,8 @@ def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: T
     n_flat = n.transpose(0, 1).reshape(cd * n_neg, dim)
     m_pos = (a.unsqueeze(2) * b.unsqueeze(1)).sum(-1)  # (B, C_s, C_d)
     m_neg = (a.reshape(n_b * cs, dim) @ n_flat.T).view(n_b, cs, cd, n_neg)
-    pos, g_pos = pool_with_grad(m_pos, pooling, dims=PAIR_DIMS, **kw)
-    neg, g_neg = pool_with_grad(m_neg, neg_pooling, dims=ALL_DIMS, **kw)
+    pos, g_pos = pool_with_grad(m_pos, pooling, dims=PAIR_DIMS, inplace=True, **kw)
+    neg, g_neg = pool_with_grad(m_neg, neg_pooling, dims=ALL_DIMS, inplace=True, **kw)  # m_neg becomes g_neg
     neg = neg.index_put((own_b, own_j), torch.tensor(float("-inf"), dtype=neg.dtype, device=neg.device))
     total, d_pos, d_neg = LOSSES.get(loss).with_grad(pos, neg, loss_param, weight=weight, pos_logq=pos_logq,
                                                      neg_logq=neg_logq)
@@ -56,6 +57,7 @@ def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: T
 
 
 _compiled: dict[str, Callable] = {}
+_heap: dict[str, bool] = {}
 
 
 def fused_fn(compile_step: bool) -> Callable:
@@ -75,7 +77,14 @@ def _mark_varying(tensors) -> None:
 
 
 def run_fused(compile_step: bool, *args, **kwargs):
-    """Call :func:`fused_fn`; a compilation that fails (no C++ compiler, ...) warns once and runs eagerly."""
+    """Call :func:`fused_fn`; a compilation that fails (no C++ compiler, ...) warns once and runs eagerly.
+
+    The first call keeps glibc from returning freed heap to the OS: a mixture's (batch, C, negatives) score
+    and gradient buffers (20 MB at the defaults) were otherwise unmapped after every step and faulted in
+    again at the next, 40% of the default mixture's step time.
+    """
+    if "kept" not in _heap:
+        _heap["kept"] = keep_freed_heap()
     fn = fused_fn(compile_step)
     if fn is fused_grads:
         return fn(*args, **kwargs)
