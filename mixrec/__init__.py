@@ -10,7 +10,7 @@ from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.model.mixture import MixtureModel
 from mixrec.retrieve import Candidates, Retriever
-from mixrec.train.trainer import Trainer, train
+from mixrec.train import Trainer, train
 
 __version__ = "0.1.0"
 
