@@ -8,23 +8,13 @@
 """
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.data.ingest import ingest
+from mixrec.evaluate import evaluate
 from mixrec.model.mixture import MixtureModel
 from mixrec.retrieve import Candidates, Retriever
-from mixrec.train.trainer import Trainer, train
+from mixrec.train import Trainer, train
 
 __version__ = "0.1.0"
-
-
-def ingest(*args, **kwargs):
-    """Read an interaction log into a dataset directory (see :func:`mixrec.data.ingest.ingest`)."""
-    from mixrec.data.ingest import ingest as _ingest
-    return _ingest(*args, **kwargs)
-
-
-def evaluate(*args, **kwargs):
-    """Full-ranking evaluation (see :func:`mixrec.evaluate.evaluate`)."""
-    from mixrec.evaluate import evaluate as _evaluate
-    return _evaluate(*args, **kwargs)
 
 
 def load(path) -> MixtureModel:

@@ -113,7 +113,7 @@ class Config(_Strict):
     temperature: float = Field(0.1, gt=0, description="softmax loss: temperature of the pooled cosine scores")
     logq: bool = Field(True, description="softmax loss: subtract the log of each candidate's expected count "
                        "among the negatives (in-batch by popularity plus uniform: mixed negative sampling); "
-                       "partitioned training has no global counts and applies none")
+                       "partitioned training applies a per-bucket log-Q from the bucket's edge counts")
     pooling: str = Field("regsmoothmax", description="pooling of the positive score (eq. 2 by default); "
                          "any name registered in mixrec.registry.POOLINGS")
     negative_pooling: Optional[str] = Field(None, description="pooling of negatives; default smoothmax "

@@ -11,6 +11,7 @@ import numpy as np
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.data.ingest import ingest
 from mixrec.data.synthetic import SyntheticSpec, write
 from mixrec.evaluate import evaluate, load_item_labels
 from mixrec.evaluate.labels import ItemLabels
@@ -41,8 +42,6 @@ def run_demo(workdir: str | Path = "runs/demo", epochs: int | None = None, quick
              echo=print) -> dict:
     """Train a mixture and single embeddings on a planted multi-interest log; print what the mixture's
     components retrieve for two users, the side-by-side evaluation and the next commands."""
-    from mixrec.data.ingest import ingest
-
     work = Path(workdir)
     spec = QUICK_SPEC if quick else SPEC
     epochs = epochs or (QUICK_EPOCHS if quick else EPOCHS)

@@ -1,4 +1,4 @@
-"""Distributed training: summed updates across processes, and a 2-process torchrun launch on loopback."""
+"""Distributed training: touched rows averaged across processes, and a 2-process torchrun launch on loopback."""
 import json
 import os
 import subprocess

@@ -3,7 +3,8 @@
 The query is validated (structure, then against the served model: weight sets, relations,
 rankers) before anything runs; errors are JSON ``{"error": ..., "step": ..., "argument": ...}``
 with status 422. Serving limits: every ``k``/``n`` at most the server's ``max_k``, and each walk at
-most ``MAX_WALK_STEPS`` walker-steps. Rankers are looked up in ``app.state.funnel_rankers``.
+most ``MAX_WALK_STEPS`` walker-steps. Rankers are looked up in ``app.state.funnel_rankers`` (loaded from the
+settings' ``rankers``). The server adds the route to the app with :func:`install_query_route`.
 """
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from mixrec.funnel.engine import Funnel
 from mixrec.funnel.ops import MAX_WALK_STEPS  # noqa: F401  (re-exported: the limit this module documents)
 from mixrec.funnel.query import Query, QueryError
-from mixrec.registry import FUNNEL_OPS
+from mixrec.funnel.rank import FunnelRanker
 from mixrec.funnel.sources import SOURCES
+from mixrec.registry import FUNNEL_OPS
+from mixrec.serve.errors import ERRORS, ApiError
 
 RawId = Union[int, str]
 
@@ -64,11 +67,11 @@ def check_limits(query: Query, max_k: int, where: str = "") -> None:
             check_limits(q, max_k, f"{here} > queries[{j}] > ")
 
 
-def install_query_route(app: FastAPI, holder, settings) -> None:
-    """Add ``POST /v1/query`` to the app (``holder.current`` is the served snapshot)."""
-    from mixrec.serve.app import ERRORS, ApiError  # the app module is loaded by now
-
-    app.state.funnel_rankers = getattr(app.state, "funnel_rankers", {})
+def install_query_route(app: FastAPI) -> None:
+    """Add ``POST /v1/query`` to an app of :func:`mixrec.serve.app.create_app` (its ``state.holder`` holds the
+    served snapshot) and load the rankers its settings name into ``app.state.funnel_rankers``."""
+    holder, settings = app.state.holder, app.state.settings
+    app.state.funnel_rankers = {name: FunnelRanker.load(d) for name, d in settings.rankers.items()}
     cache: dict = {}
     lock = threading.Lock()
 

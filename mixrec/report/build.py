@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pyarrow.csv as pacsv
 import torch
 
 from mixrec.evaluate.diagnostics import component_cosine, effective_components
-from mixrec.evaluate.labels import ItemLabels
+from mixrec.evaluate.labels import ItemLabels, load_item_labels
 from mixrec.io import atomic_file
+from mixrec.model.mixture import MixtureModel
 from mixrec.report.svg import bar_chart, histogram, line_chart, scatter_chart
 
 CSS = """body{font-family:sans-serif;margin:24px;max-width:1150px;color:#222}
@@ -202,9 +204,6 @@ def write_report(model_dir: str | Path, out: str | Path | None = None, *, evalua
                  item_labels: str | Path | None = None, label_col: str = "genres", title_col: str | None = None,
                  n_users: int = 5, top: int = 5, seed: int = 0) -> Path:
     """Load a model directory (and optional evaluation JSONs and an item label file) and write the HTML."""
-    from mixrec.evaluate.labels import load_item_labels
-    from mixrec.model.mixture import MixtureModel
-
     model = MixtureModel.load(model_dir)
     paths = [Path(p) for p in evaluations]
     stems = [p.stem for p in paths]
@@ -225,8 +224,6 @@ def write_report(model_dir: str | Path, out: str | Path | None = None, *, evalua
 
 def read_titles(path: str | Path, title_col: str, id_col: str = "item_id") -> dict[str, str]:
     """raw item id (as text) -> display title, from the same delimited file as the labels."""
-    import pyarrow.csv as pacsv
-
     delim = "," if str(path).endswith((".csv", ".csv.gz")) else "\t"
     t = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delim),
                        convert_options=pacsv.ConvertOptions(column_types={id_col: "string", title_col: "string"},

@@ -5,12 +5,12 @@ __all__ = ["ServeSettings", "is_loopback", "create_app", "serve"]
 
 
 def create_app(*args, **kwargs):
-    """Build the FastAPI app (see :func:`mixrec.serve.app.create_app`)."""
-    from mixrec.serve.app import create_app as _create
-    return _create(*args, **kwargs)
+    """Build the served FastAPI app: base routes and the funnel's (see :func:`mixrec.serve.server.build_app`)."""
+    from mixrec.serve.server import build_app  # lazy: ServeSettings alone needs no FastAPI, FAISS or torch
+    return build_app(*args, **kwargs)
 
 
 def serve(settings: ServeSettings) -> None:
     """Run the server with uvicorn until interrupted (see :func:`mixrec.serve.server.run`)."""
-    from mixrec.serve.server import run
+    from mixrec.serve.server import run  # lazy, as above
     run(settings)

@@ -1,25 +1,39 @@
 """Run the app under uvicorn: one FAISS/torch thread per request, loopback by default, one or more workers."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import multiprocessing as mp
 import os
+import signal
 import socket
 import tempfile
 import threading
 from pathlib import Path
 
+import faiss
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from mixrec.funnel.service import install_query_route
 from mixrec.io import atomic_file
+from mixrec.serve.app import create_app
 from mixrec.serve.settings import ServeSettings, is_loopback
+from mixrec.serve.state import Snapshot
 
 log = logging.getLogger("mixrec.serve")
 POLL_S = 0.25
 
 
+def build_app(settings: ServeSettings, snapshot: Snapshot | None = None, broadcast=None) -> FastAPI:
+    """The served app: the base routes of :func:`mixrec.serve.app.create_app` plus the funnel's ``POST /v1/query``."""
+    return create_app(settings, snapshot, broadcast, extensions=[install_query_route])
+
+
 def configure_threads() -> None:
     """One FAISS (OpenMP) and one torch thread per request: the request thread pool supplies parallelism."""
-    import faiss
-    import torch
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
 
@@ -67,7 +81,6 @@ class ReloadBroadcast:
 def fast_stack() -> dict:
     """uvicorn's ``loop``/``http`` settings: uvloop and httptools when installed (the usual production setup,
     lower latency than asyncio and h11), otherwise uvicorn's pure-Python defaults."""
-    import importlib.util
     have = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
     return {"loop": "uvloop" if have("uvloop") else "asyncio", "http": "httptools" if have("httptools") else "h11"}
 
@@ -85,12 +98,9 @@ def _listen_shared(host: str, port: int) -> socket.socket:
 
 def _worker(settings_json: str, control: str, log_level: str) -> None:
     """One worker process: its own model copy and SO_REUSEPORT socket; reloads follow the control file."""
-    import uvicorn
-
-    from mixrec.serve.app import create_app
     configure_threads()
     settings = ServeSettings.model_validate_json(settings_json)
-    app = create_app(settings, broadcast=ReloadBroadcast(control))
+    app = build_app(settings, broadcast=ReloadBroadcast(control))
     sock = _listen_shared(settings.host, settings.port)
     uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                                   **fast_stack())).run(sockets=[sock])
@@ -98,8 +108,6 @@ def _worker(settings_json: str, control: str, log_level: str) -> None:
 
 def _run_workers(settings: ServeSettings, log_level: str) -> None:
     """Start ``settings.workers`` processes on one port (SO_REUSEPORT); SIGHUP re-reads the model in all."""
-    import multiprocessing as mp
-    import signal
     ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="mixrec-serve-") as tmp:
         control = Path(tmp) / "model.json"
@@ -136,14 +144,12 @@ def run(settings: ServeSettings, sock: socket.socket | None = None, log_level: s
     its own copy of the model (memory grows with the workers) and its own interpreter (no shared GIL);
     ``POST /admin/reload`` answered by any of them is passed on to the others within a fraction of a second.
     """
-    import uvicorn
     configure_threads()
     if not is_loopback(settings.host) and settings.token() is None:
         log.warning("serving on %s without an admin token: /admin/reload is disabled", settings.host)
     if settings.workers > 1:
         return _run_workers(settings, log_level)
-    from mixrec.serve.app import create_app
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+    server = uvicorn.Server(uvicorn.Config(build_app(settings), host=settings.host, port=settings.port,
                                            log_level=log_level, access_log=False, timeout_graceful_shutdown=10,
                                            **fast_stack()))
     server.run(sockets=[sock] if sock is not None else None)

@@ -1,4 +1,7 @@
-"""Training: batches with one-sided negatives, the margin loss, row-wise Adagrad, checkpoints."""
-from mixrec.train.trainer import TrainEvent, Trainer, train
+"""Training: batches with one-sided negatives, the sampled softmax (or margin) loss, row-wise Adagrad,
+checkpoints; :func:`train` picks the in-memory, partitioned or data-parallel trainer."""
+from mixrec.train.api import make_trainer, train
+from mixrec.train.base import ModelTrainer, TrainEvent
+from mixrec.train.trainer import Trainer
 
-__all__ = ["TrainEvent", "Trainer", "train"]
+__all__ = ["ModelTrainer", "TrainEvent", "Trainer", "make_trainer", "train"]

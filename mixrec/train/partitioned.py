@@ -24,15 +24,16 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.data.dataset import Dataset
 from mixrec.io import load_array, save_array, save_json
+from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
+from mixrec.train.base import CHECKPOINT, RESUMABLE as TRAINER_RESUMABLE, Callback, ModelTrainer, TrainEvent, epoch_event
 from mixrec.train.graph_source import GraphSource
 from mixrec.train.memory import keep_freed_heap
 from mixrec.train.negative_pool import BucketNegatives, bucket_negatives
+from mixrec.train.partition_export import export_model
 from mixrec.train.sampler import edge_shares
 from mixrec.train.step import Batch, train_step
-from mixrec.train.trainer import RESUMABLE as TRAINER_RESUMABLE
 
 log = logging.getLogger("mixrec.train.partitioned")
 RESUMABLE = TRAINER_RESUMABLE | {"distributed"}  # config keys a resume may change
@@ -177,17 +178,33 @@ class PartitionStore:
         self.io_seconds += time.perf_counter() - t0
 
 
-class PartitionedTrainer:
-    """Trains bucket by bucket from ``source`` with state under ``work`` (``<out>/checkpoint``)."""
+class PartitionedTrainer(ModelTrainer):
+    """Trains bucket by bucket from ``source`` with state under ``work`` (default ``<out>/checkpoint``) and
+    writes the model directory ``out``; with neither, both live in a temporary folder during :meth:`fit`.
 
-    def __init__(self, source: GraphSource, config: Config, work: str | Path, progress: bool = True):
+    Validation needs the whole model in memory, so a source with a valid split and a config asking for it
+    (``early_stopping.patience`` or ``eval_every``) is refused, as are HOGWILD ``workers`` and a GPU ``device``.
+    """
+
+    def __init__(self, source: GraphSource, config: Config, work: str | Path | None = None, progress: bool = True,
+                 callbacks: Sequence[Callback] = (), out: str | Path | None = None):
+        check_supported(config, source.has_valid)
         self.source, self.config, self.progress = source, config, progress
-        self.work = Path(work)
-        self.store = PartitionStore(self.work / "tables", config, source.entities)
+        self.callbacks = list(callbacks)
+        self.out = None if out is None else Path(out)
+        self.work: Path | None = None
+        self.store: PartitionStore | None = None
+        if work is not None or self.out is not None:
+            self._use_work(Path(work) if work is not None else self.out / CHECKPOINT)
         self.buckets: BucketIndex | None = None
         self.history: list[dict] = []
         self.epochs_done = 0
+        self.batches_done = 0  # batches of the current epoch so far (the index of the next batch event)
         keep_freed_heap()
+
+    def _use_work(self, work: Path) -> None:
+        self.work = work
+        self.store = PartitionStore(work / "tables", self.config, self.source.entities)
 
     def prepare(self, resume: bool = False) -> None:
         """Bucket the edges and initialise the tables, or pick both up from a previous run when ``resume``."""
@@ -250,8 +267,11 @@ class PartitionedTrainer:
                      if cfg.negatives.two_sided else None)
             batch = Batch("src", "dst", r["src"].astype(np.int64), r["dst"].astype(np.int64),
                           r["weight"].astype(np.float32), uniform, u_src, *probs[code], u_prob)
-            total += train_step(batch, tables, states, cfg)
+            loss = train_step(batch, tables, states, cfg)
+            total += loss
             done += len(pos)
+            self._emit(TrainEvent("batch", epoch + 1, self.batches_done, loss))
+            self.batches_done += 1
         negs.write_back(tab_d, st_d, lambda p, *change: self.store.add_rows(d_t, p, *change))
         return total, done
 
@@ -274,6 +294,7 @@ class PartitionedTrainer:
         """One pass over every bucket; returns the epoch's history record."""
         t0, io0 = time.perf_counter(), self.store.io_seconds
         loss, edges = 0.0, 0
+        self.batches_done = 0
         plan = self.plan()
         chunks = self.config.edge_chunks
         bar = progress_bar(total=len(plan) * chunks, unit="bucket", disable=not self.progress, leave=False,
@@ -289,13 +310,19 @@ class PartitionedTrainer:
         return {"epoch": epoch + 1, "loss": loss / max(edges, 1), "edges_per_s": edges / max(secs, 1e-9),
                 "seconds": secs, "io_seconds": self.store.io_seconds - io0, "buckets": len(plan)}
 
-    def fit(self, out: Path, resume: bool = False):
-        """Run the remaining epochs, then write the model directory ``out``; returns the loaded model."""
-        from mixrec.model.mixture import MixtureModel
-        from mixrec.train.partition_export import export_model
-        if self.source.has_valid and self.config.early_stopping.patience:
-            log.warning("partitioned training runs all %d epochs: early stopping needs the whole model in memory",
-                        self.config.epochs)
+    def fit(self, resume: bool = False) -> MixtureModel:
+        """Run the remaining epochs, then write the model directory and return the model read back from it."""
+        if self.out is not None:
+            return self._fit(self.out, resume)
+        with tempfile.TemporaryDirectory(prefix="mixrec-partitioned-") as tmp:
+            if self.work is None:
+                self._use_work(Path(tmp) / CHECKPOINT)
+            model = self._fit(Path(tmp) / "model", resume)
+            model.tables = {t: v.clone() for t, v in model.tables.items()}  # the files go with the folder
+            model.path = None
+            return model
+
+    def _fit(self, out: Path, resume: bool) -> MixtureModel:
         self.prepare(resume)
         fingerprint = self.config.model_dump(exclude=RESUMABLE)
         for epoch in range(self.epochs_done, self.config.epochs):
@@ -304,6 +331,7 @@ class PartitionedTrainer:
             self.epochs_done = epoch + 1
             epoch_line(rec, self.config.epochs) if self.progress else log.info("epoch %d: %s", epoch + 1, rec)
             self._save_state(fingerprint)
+            self._emit(epoch_event(rec))
         export_model(self, out)
         return MixtureModel.load(out)
 
@@ -333,23 +361,19 @@ def _bucket_schedule(recs: dict[int, np.ndarray], batch_size: int,
         yield batches[k]
 
 
-def train_partitioned(dataset: Dataset | str | Path, config: Config, out: str | Path | None = None, *,
-                      resume: bool = False, progress: bool = True):
-    """Partitioned training (``partitions.<type> > 1``); the model is written to ``out`` and returned.
-
-    ``dataset`` is a dataset directory (its edges are streamed, never loaded whole) or a loaded
-    :class:`Dataset`. Without ``out`` the model directory goes to a temporary folder.
-    """
-    source = GraphSource.open(dataset)
-    if out is None:
-        with tempfile.TemporaryDirectory(prefix="mixrec-partitioned-") as tmp:
-            model = PartitionedTrainer(source, config, Path(tmp) / "checkpoint", progress).fit(Path(tmp) / "model")
-            model.tables = {t: v.clone() for t, v in model.tables.items()}
-            model.path = None
-            return model
-    out = Path(out)
-    return PartitionedTrainer(source, config, out / "checkpoint", progress).fit(out, resume=resume)
+def check_supported(config: Config, has_valid: bool) -> None:
+    """Refuse, naming the option, what partitioned training cannot honour."""
+    asks = [f"{k}={v}" for k, v in (("early_stopping.patience", config.early_stopping.patience),
+                                    ("eval_every", config.eval_every)) if v]
+    if has_valid and asks:
+        raise ValueError(f"{' and '.join(asks)}: partitioned training cannot validate (that needs the whole model "
+                         "in memory); set early_stopping.patience=0 and eval_every=0, or train in memory "
+                         "(partitions.<type>=1)")
+    if config.workers > 1:
+        raise ValueError(f"workers={config.workers}: partitioned training runs in one process; set workers=1")
+    if config.device.startswith("cuda"):
+        raise ValueError(f"device={config.device!r}: partitioned training runs on the CPU; set device=cpu")
 
 
-__all__ = ["BucketIndex", "PartitionStore", "PartitionedTrainer", "bucket_edges", "partition_bounds",
-           "partition_of", "snake_order", "train_partitioned"]
+__all__ = ["BucketIndex", "PartitionStore", "PartitionedTrainer", "bucket_edges", "check_supported",
+           "partition_bounds", "partition_of", "snake_order"]

@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,35 +13,22 @@ import torch.multiprocessing as mp
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.evaluate.exact import sample_recall
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
+from mixrec.train.base import CHECKPOINT, RESUMABLE, Callback, ModelTrainer, TrainEvent, epoch_event
 from mixrec.train.device import on_device, resolve_device
 from mixrec.train.sampler import TrainingEdges, epoch_schedule, make_batches, training_edges
 from mixrec.train.step import train_step
 from mixrec.weights import compute_weight_sets
 
 log = logging.getLogger("mixrec.train")
-CHECKPOINT = "checkpoint"
-RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device", "compile"}  # keys a resume may change
 
 
-@dataclass
-class TrainEvent:
-    """What a callback sees: ``kind`` is 'batch' or 'epoch'."""
-
-    kind: str
-    epoch: int
-    batch: int = 0
-    loss: float = 0.0
-    metrics: dict = field(default_factory=dict)
-
-
-Callback = Callable[[TrainEvent], None]
-
-
-class Trainer:
-    """Trains a :class:`MixtureModel` on a dataset's train split according to a :class:`Config`."""
+class Trainer(ModelTrainer):
+    """Trains a :class:`MixtureModel` in memory on a dataset's train split according to a :class:`Config`
+    (``workers > 1``: HOGWILD worker processes on shared tables)."""
 
     def __init__(self, dataset: Dataset, config: Config, out: str | Path | None = None, progress: bool = True,
                  callbacks: Sequence[Callback] = ()):
@@ -77,9 +63,9 @@ class Trainer:
                 rec.update(self._validate(epoch))
                 self.history.append(rec)
                 epoch_line(rec, cfg.epochs) if self.progress else log.info("epoch %d: %s", epoch + 1, rec)
-                self._emit(TrainEvent("epoch", epoch + 1, loss=rec["loss"], metrics=rec))
                 stop = self._early_stop(epoch)
                 self._save_checkpoint(epoch + 1)
+                self._emit(epoch_event(rec))
                 if stop:
                     break
         finally:
@@ -109,17 +95,12 @@ class Trainer:
         bar.close()
         return total
 
-    def _emit(self, event: TrainEvent) -> None:
-        for cb in self.callbacks:
-            cb(event)
-
     # ----------------------------------------------------------------- validation
     def _validate(self, epoch: int) -> dict:
         cfg = self.config
         every = cfg.eval_every or (1 if cfg.early_stopping.patience else 0)
         if not every or (epoch + 1) % every or not self.dataset.has_split("valid"):
             return {}
-        from mixrec.evaluate.exact import sample_recall
         return {f"valid_recall@{cfg.early_stopping.k}": sample_recall(
             self.model, self.dataset, "valid", cfg.early_stopping.k, cfg.early_stopping.max_users, cfg.seed)}
 
@@ -169,23 +150,11 @@ class Trainer:
         log.info("resuming after epoch %d from %s", self.start_epoch, ck)
 
 
-def train(dataset: Dataset | str | Path, config: Config | None = None, out: str | Path | None = None, *,
-          resume: bool = False, progress: bool = True, callbacks: Sequence[Callback] = ()) -> MixtureModel:
-    """Train a mixture model: ``model = mixrec.train(mixrec.Dataset.load("data/"), Config(), out="model/")``.
-
-    With ``partitions.<type> > 1`` in the config, training runs from disk bucket by bucket
-    (:mod:`mixrec.train.partitioned`); a dataset directory is then streamed, never loaded whole.
-    """
-    if config is not None and config.partitioned:
-        from mixrec.train.partitioned import train_partitioned
-        return train_partitioned(dataset, config, out, resume=resume, progress=progress)
-    if not isinstance(dataset, Dataset):
-        dataset = Dataset.load(dataset)
-    return Trainer(dataset, config or Config(), out, progress, callbacks).fit(resume=resume)
-
-
 # --------------------------------------------------------------------- HOGWILD workers
-def _worker_main(rank: int, n: int, tables, states, edges: TrainingEdges, cfg: Config, inbox, outbox) -> None:
+def _worker_main(rank: int, n: int, tables, states, edges: TrainingEdges, cfg: Config, inbox, outbox,
+                 report_batches: bool) -> None:
+    """Train batches ``rank, rank + n, ...`` of each epoch the inbox names; with ``report_batches`` every
+    batch's loss goes to the outbox as it is done, for the parent's callbacks."""
     torch.set_num_threads(1)
     while True:
         epoch = inbox.get()
@@ -193,11 +162,15 @@ def _worker_main(rank: int, n: int, tables, states, edges: TrainingEdges, cfg: C
             return
         try:
             schedule = epoch_schedule(edges, cfg, epoch)
-            total = sum(train_step(b, tables, states, cfg)
-                        for b in make_batches(edges, cfg, epoch, schedule, start=rank, stride=n))
-            outbox.put((rank, total, None))
+            total = 0.0
+            for k, b in enumerate(make_batches(edges, cfg, epoch, schedule, start=rank, stride=n)):
+                loss = train_step(b, tables, states, cfg)
+                total += loss
+                if report_batches:
+                    outbox.put(("batch", rank + k * n, loss, None))
+            outbox.put(("done", rank, total, None))
         except Exception as e:  # report instead of hanging the parent
-            outbox.put((rank, 0.0, repr(e)))
+            outbox.put(("done", rank, 0.0, repr(e)))
 
 
 class _WorkerPool:
@@ -214,21 +187,26 @@ class _WorkerPool:
         self.inboxes = [ctx.Queue() for _ in range(n)]
         self.procs = [ctx.Process(target=_worker_main, daemon=True,
                                   args=(r, n, trainer.model.tables, trainer.states, trainer.edges,
-                                        trainer.config, self.inboxes[r], self.outbox)) for r in range(n)]
+                                        trainer.config, self.inboxes[r], self.outbox, bool(trainer.callbacks)))
+                      for r in range(n)]
         for p in self.procs:
             p.start()
 
     def run_epoch(self, epoch: int) -> float:
         for q in self.inboxes:
             q.put(epoch)
-        total = 0.0
+        total, done = 0.0, 0
         bar = progress_bar(total=len(self.procs), unit="worker", disable=not self.trainer.progress,
                    desc=f"epoch {epoch + 1}/{self.trainer.config.epochs} ({len(self.procs)} workers)", leave=False)
-        for _ in self.procs:
-            rank, loss, err = self.outbox.get()
+        while done < len(self.procs):
+            kind, who, loss, err = self.outbox.get()
+            if kind == "batch":
+                self.trainer._emit(TrainEvent("batch", epoch + 1, who, loss))
+                continue
             if err:
-                raise RuntimeError(f"training worker {rank} failed: {err}")
+                raise RuntimeError(f"training worker {who} failed: {err}")
             total += loss
+            done += 1
             bar.update(1)
         bar.close()
         return total

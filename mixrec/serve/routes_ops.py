@@ -1,0 +1,84 @@
+"""Operations routes: what is served, liveness, readiness, Prometheus metrics and the admin reload."""
+from __future__ import annotations
+
+import hmac
+import os
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from mixrec.serve.errors import ApiError
+from mixrec.serve.metrics import CONTENT_TYPE
+from mixrec.serve.routes_candidates import current_snapshot
+from mixrec.serve.schemas import ErrorResponse, ModelInfo, ReloadRequest
+from mixrec.serve.settings import ServeSettings, is_loopback
+from mixrec.serve.state import Snapshot
+
+router = APIRouter(tags=["operations"])
+RELOAD_ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
+
+
+@router.get("/v1/model", response_model=ModelInfo)
+def model_info(request: Request, s: Snapshot = Depends(current_snapshot)) -> ModelInfo:
+    """What is being served."""
+    m = s.model
+    return ModelInfo(model=s.version, path=str(s.path), users=s.n_users, items=s.n_items,
+                     user_components=m.components(m.source_type), item_components=m.components(m.target_type),
+                     dim=m.config.dim, index=s.index.config.kind, index_size=s.index.size,
+                     weight_sets=s.weight_sets, relations=[r.name for r in m.relations],
+                     loaded_at=request.app.state.holder.loaded_at, pid=os.getpid())
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+def readyz(request: Request):
+    """Readiness: a model is loaded and can answer."""
+    s = request.app.state.holder.current
+    if s is None:
+        return JSONResponse({"error": "no model loaded yet"}, status_code=503)
+    return {"status": "ready", "model": s.version}
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def prometheus(request: Request) -> PlainTextResponse:
+    """Prometheus text format: request counts, latency histograms, index size."""
+    return PlainTextResponse(request.app.state.metrics.render(), media_type=CONTENT_TYPE)
+
+
+@router.post("/admin/reload", response_model=ModelInfo, responses=RELOAD_ERRORS)
+def reload(request: Request, body: ReloadRequest | None = None,
+           authorization: str | None = Header(None)) -> ModelInfo:
+    """Swap to a model directory atomically; requests in flight finish on the old model."""
+    holder, metrics = request.app.state.holder, request.app.state.metrics
+    authorize(request.app.state.settings, authorization)
+    try:
+        holder.reload(body.model_dir if body else None)
+    except ApiError:
+        metrics.event("reload", "busy")
+        raise
+    except (OSError, ValueError, KeyError) as e:
+        metrics.event("reload", "failed")
+        raise ApiError(422, f"reload failed, still serving {holder.current.version}: {e}") from None
+    metrics.event("reload", "ok")
+    return model_info(request, holder.current)
+
+
+def authorize(settings: ServeSettings, header: str | None) -> None:
+    """Admin access: a matching bearer token, or no token configured and a loopback address."""
+    token = settings.token()
+    if token is None:
+        if is_loopback(settings.host):
+            return
+        raise ApiError(403, "admin endpoints are disabled on a non-loopback address without a token; "
+                            "start the server with --admin-token or MIXREC_ADMIN_TOKEN")
+    given = (header or "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+
+
+__all__ = ["authorize", "router"]
