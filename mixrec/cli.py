@@ -21,8 +21,10 @@ def _add_index_arg(p) -> None:
 
 def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="read an interaction log (CSV/TSV/Parquet) into a dataset directory")
-    p.add_argument("paths", nargs="+", help="input files (.csv, .tsv, .gz, .parquet)")
+    p.add_argument("paths", nargs="*", help="input files (.csv, .tsv, .gz, .parquet)")
     p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--schema", default=None, help="graph schema (TOML): entity types and typed relations, each "
+                   "with its file and columns; replaces the paths and column options")
     p.add_argument("--source-col", default="user_id")
     p.add_argument("--target-col", default="item_id")
     p.add_argument("--relation-col", default=None, help="task column (default: one relation)")
@@ -43,6 +45,12 @@ def _add_ingest(sub) -> None:
 
 def cmd_ingest(a) -> int:
     from mixrec.data.ingest import ingest
+    if a.schema or not a.paths:
+        if not a.schema or a.paths:
+            raise SystemExit("mixrec ingest: give either input files or --schema graph.toml, not both or neither")
+        from mixrec.data.schema import ingest_graph
+        ingest_graph(a.schema, a.out, progress=True)
+        return 0
     report = ingest(a.paths, a.out, source_col=a.source_col, target_col=a.target_col, relation_col=a.relation_col,
                     weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,
                     test_fraction=a.test_fraction, valid_fraction=a.valid_fraction, seed=a.seed,

@@ -14,6 +14,7 @@ import torch.multiprocessing as mp
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.data.schema import with_task_weights
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
@@ -176,12 +177,13 @@ def train(dataset: Dataset | str | Path, config: Config | None = None, out: str 
     With ``partitions.<type> > 1`` in the config, training runs from disk bucket by bucket
     (:mod:`mixrec.train.partitioned`); a dataset directory is then streamed, never loaded whole.
     """
-    if config is not None and config.partitioned:
+    config = with_task_weights(config or Config(), dataset)
+    if config.partitioned:
         from mixrec.train.partitioned import train_partitioned
         return train_partitioned(dataset, config, out, resume=resume, progress=progress)
     if not isinstance(dataset, Dataset):
         dataset = Dataset.load(dataset)
-    return Trainer(dataset, config or Config(), out, progress, callbacks).fit(resume=resume)
+    return Trainer(dataset, config, out, progress, callbacks).fit(resume=resume)
 
 
 # --------------------------------------------------------------------- HOGWILD workers
