@@ -97,8 +97,9 @@ class Retriever:
 
     def recommend(self, users: Sequence[int] | np.ndarray, k: int = 100,
                   exclude_seen: bool | Sequence[str] = True) -> Candidates:
-        """Top ``k`` items for dense user indices; ``exclude_seen`` = True (all training relations),
-        False, or a list of relation names whose training items are excluded."""
+        """Top ``k`` targets for dense source indices; ``exclude_seen`` = True (all training relations between
+        the two types), False, or a list of relation names whose training targets are excluded. Between
+        two nodes of one type the query itself is always excluded."""
         users = np.asarray(users, dtype=np.int64)
         vectors = self.source_vectors[users]
         excl, extra = None, 0
@@ -107,6 +108,9 @@ class Retriever:
             indptr, indices = self.model.seen(rels, source_type=self.source_type, target_type=self.target_type)
             excl = csr_rows(indptr, indices, users)
             extra = int((indptr[users + 1] - indptr[users]).max(initial=0))
+        if self.source_type == self.target_type:  # user->user, item->item: never the query itself
+            rows, cols = excl if excl is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            excl, extra = (np.r_[rows, np.arange(len(users))], np.r_[cols, users]), extra + 1
         return self.search_vectors(vectors, self.w_src[users], k, excl, extra)
 
     def recommend_all(self, k: int = 100, users: np.ndarray | None = None, exclude_seen: bool | Sequence[str] = True,

@@ -97,9 +97,13 @@ def planted_precision(model, truth, k=10) -> tuple[float, float]:
     return float(np.mean(hits)), float(np.mean(chance))
 
 
-def test_in_memory_training_recovers_planted_interests(graph, tmp_path):
-    _, ds = graph
-    model = train(ds, Config().with_overrides(TRAIN), tmp_path / "m", progress=False)
+@pytest.fixture(scope="module")
+def trained(graph, tmp_path_factory):
+    return train(graph[1], Config().with_overrides(TRAIN), tmp_path_factory.mktemp("m") / "model", progress=False)
+
+
+def test_in_memory_training_recovers_planted_interests(trained):
+    model = trained
     assert {t: model.components(t) for t in model.tables} == {"consumer": 3, "creator": 1, "media": 1}
     assert model.config.relations["authored"].weight == 0.5  # the schema's task weight
     precision, chance = planted_precision(model, generate_explore(SPEC)[1])
@@ -113,3 +117,27 @@ def test_partitioned_training_accepts_the_typed_graph(graph, tmp_path):
     assert {t: model.components(t) for t in model.tables} == {"consumer": 3, "creator": 1, "media": 1}
     precision, chance = planted_precision(model, generate_explore(SPEC)[1])
     assert precision > 2 * chance, (precision, chance)
+
+
+def test_retrieve_between_any_two_types_cli_and_library(trained, tmp_path):
+    model = trained
+    out = tmp_path / "c.parquet"
+    assert main(["retrieve", str(model.path), "--from", "consumer", "--to", "creator", "--k", "5",
+                 "--out", str(out), "--quiet"]) == 0
+    table = pq.read_table(out).to_pydict()
+    r = Retriever(model, source_type="consumer", target_type="creator")
+    cands = r.recommend(np.arange(model.num("consumer")), k=5)
+    want = r.to_table(np.arange(model.num("consumer")), cands).to_pydict()
+    assert table["user"] == want["user"] and table["item"] == want["item"]
+    assert set(table["user"]) <= set(model.ids["consumer"].tolist())
+    followed = model.seen(source_type="consumer", target_type="creator")
+    for u in range(model.num("consumer")):  # seen-exclusion within creators
+        assert not set(cands.items[u].tolist()) & set(followed[1][followed[0][u]:followed[0][u + 1]].tolist())
+
+
+@pytest.mark.parametrize("t", ["consumer", "media"])
+def test_same_type_retrieval_never_returns_the_query(trained, t):
+    r = Retriever(trained, source_type=t, target_type=t)
+    q = np.arange(min(50, trained.num(t)))
+    got = r.recommend(q, k=8).items
+    assert (got >= 0).all() and not (got == q[:, None]).any()
