@@ -118,7 +118,8 @@ def generate_explore(spec: ExploreSpec) -> tuple[dict[str, pa.Table], ExploreTru
                             "split": split(len(follow_src))}),
         "like": pa.table({"consumer_id": account_ids(like_src), "media_id": media_ids(like_dst),
                           "split": split(len(like_src))}),
-        "authored": pa.table({"creator_id": account_ids(media_author), "media_id": media_ids(np.arange(len(media_author))),
+        "authored": pa.table({"creator_id": account_ids(media_author),
+                              "media_id": media_ids(np.arange(len(media_author))),
                               "split": pa.array(["train"] * len(media_author))}),
     }
     return tables, ExploreTruth(creator_topic, media_topic, media_author, interests)

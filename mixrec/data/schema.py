@@ -93,7 +93,8 @@ def build_graph(schema: GraphSchema, base: str | Path = ".") -> Dataset:
         table = read_log(str(path), columns=wanted, string_columns=[r.source_col, r.target_col])
         try:
             ds, _ = build_dataset(table, source_col=r.source_col, target_col=r.target_col, weight_col=r.weight_col,
-                                  timestamp_col=r.timestamp_col, split_col=r.split_col if strategy == "column" else None,
+                                  timestamp_col=r.timestamp_col,
+                                  split_col=r.split_col if strategy == "column" else None,
                                   split=strategy, test_fraction=sp.test_fraction, valid_fraction=sp.valid_fraction,
                                   seed=sp.seed, source_type=r.source, target_type=r.target, default_relation=r.name)
         except IngestError as e:
