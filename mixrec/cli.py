@@ -21,8 +21,10 @@ def _add_index_arg(p) -> None:
 
 def _add_ingest(sub) -> None:
     p = sub.add_parser("ingest", help="read an interaction log (CSV/TSV/Parquet) into a dataset directory")
-    p.add_argument("paths", nargs="+", help="input files (.csv, .tsv, .gz, .parquet)")
+    p.add_argument("paths", nargs="*", help="input files (.csv, .tsv, .gz, .parquet)")
     p.add_argument("--out", required=True, help="dataset directory to write")
+    p.add_argument("--schema", default=None, help="graph schema (TOML): entity types and typed relations, each "
+                   "with its file and columns; replaces the paths and column options")
     p.add_argument("--source-col", default="user_id")
     p.add_argument("--target-col", default="item_id")
     p.add_argument("--relation-col", default=None, help="task column (default: one relation)")
@@ -43,6 +45,12 @@ def _add_ingest(sub) -> None:
 
 def cmd_ingest(a) -> int:
     from mixrec.data.ingest import ingest
+    if a.schema or not a.paths:
+        if not a.schema or a.paths:
+            raise SystemExit("mixrec ingest: give either input files or --schema graph.toml, not both or neither")
+        from mixrec.data.schema import ingest_graph
+        ingest_graph(a.schema, a.out, progress=True)
+        return 0
     report = ingest(a.paths, a.out, source_col=a.source_col, target_col=a.target_col, relation_col=a.relation_col,
                     weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,
                     test_fraction=a.test_fraction, valid_fraction=a.valid_fraction, seed=a.seed,
@@ -92,6 +100,10 @@ def _add_retrieve(sub) -> None:
     p.add_argument("--weights", default="all", help="mixture weight set")
     _add_index_arg(p)
     p.add_argument("--include-seen", action="store_true", help="do not exclude training items")
+    p.add_argument("--from", dest="from_type", default=None, help="entity type of the queries (default: the "
+                   "first relation's source type), e.g. consumer")
+    p.add_argument("--to", dest="to_type", default=None, help="entity type retrieved (default: the first "
+                   "relation's destination type), e.g. creator; any pair of the model's types")
     p.add_argument("--users", default=None, help="file with one raw user id per line (default: all users)")
     p.add_argument("--history", default=None, metavar="FILE",
                    help="fold in new users from a history file (Parquet/CSV/TSV: user, item[, relation]) "
@@ -109,7 +121,10 @@ def cmd_retrieve(a) -> int:
     from mixrec.retrieve import Retriever
     model = MixtureModel.load(a.model)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
-    r = Retriever(model, a.weights, index_config=icfg)
+    for t in (a.from_type, a.to_type):
+        if t is not None and t not in model.tables:
+            raise ValueError(f"--from/--to {t!r}: not an entity type of the model; it has {sorted(model.tables)}")
+    r = Retriever(model, a.weights, index_config=icfg, source_type=a.from_type, target_type=a.to_type)
     if a.history:
         if a.users:
             raise ValueError("--users and --history exclude each other: --history folds in new users")
@@ -117,7 +132,7 @@ def cmd_retrieve(a) -> int:
     users = None
     if a.users:
         raw = [line.strip() for line in Path(a.users).read_text().splitlines() if line.strip()]
-        users = _lookup(model.ids[model.source_type], raw, a.users)
+        users = _lookup(model.ids[r.source_type], raw, a.users)
     users, cands = r.recommend_all(a.k, users=users, exclude_seen=not a.include_seen, progress=not a.quiet)
     table = r.to_table(users, cands)
     with atomic_file(a.out) as fh:

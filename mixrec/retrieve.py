@@ -74,14 +74,16 @@ class Retriever:
     """Round-robin retrieval for one model: a FAISS index over the target type and a weight set."""
 
     def __init__(self, model, weight_set: str = "all", index: ComponentIndex | None = None,
-                 index_config: IndexConfig | None = None, target_type: str | None = None):
+                 index_config: IndexConfig | None = None, target_type: str | None = None,
+                 source_type: str | None = None):
         self.model = model
+        self.source_type = source_type or model.source_type
         self.target_type = target_type or model.target_type
         self.weight_set = weight_set
         self.w_dst = model.mixture_weights(self.target_type, weight_set)
-        self.w_src = model.mixture_weights(model.source_type, weight_set)
+        self.w_src = model.mixture_weights(self.source_type, weight_set)
         self.index = index or load_or_build_index(model, self.target_type, index_config or model.config.index)
-        self.source_vectors = model.vectors(model.source_type).numpy()
+        self.source_vectors = model.vectors(self.source_type).numpy()
         self.target_vectors = model.vectors(self.target_type).numpy()
 
     def search_vectors(self, queries: np.ndarray, weights: np.ndarray, k: int,
@@ -95,24 +97,28 @@ class Retriever:
 
     def recommend(self, users: Sequence[int] | np.ndarray, k: int = 100,
                   exclude_seen: bool | Sequence[str] = True) -> Candidates:
-        """Top ``k`` items for dense user indices; ``exclude_seen`` = True (all training relations),
-        False, or a list of relation names whose training items are excluded."""
+        """Top ``k`` targets for dense source indices; ``exclude_seen`` = True (all training relations between
+        the two types), False, or a list of relation names whose training targets are excluded. Between
+        two nodes of one type the query itself is always excluded."""
         users = np.asarray(users, dtype=np.int64)
         vectors = self.source_vectors[users]
         excl, extra = None, 0
         if exclude_seen is not False:
             rels = None if exclude_seen is True else list(exclude_seen)
-            indptr, indices = self.model.seen(rels)
+            indptr, indices = self.model.seen(rels, source_type=self.source_type, target_type=self.target_type)
             excl = csr_rows(indptr, indices, users)
             extra = int((indptr[users + 1] - indptr[users]).max(initial=0))
+        if self.source_type == self.target_type:  # user->user, item->item: never the query itself
+            rows, cols = excl if excl is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            excl, extra = (np.r_[rows, np.arange(len(users))], np.r_[cols, users]), extra + 1
         return self.search_vectors(vectors, self.w_src[users], k, excl, extra)
 
     def recommend_all(self, k: int = 100, users: np.ndarray | None = None, exclude_seen: bool | Sequence[str] = True,
                       batch: int = 512, progress: bool = True) -> tuple[np.ndarray, Candidates]:
         """Candidates for every (or the given) user, in batches of similar history length."""
         model = self.model
-        users = np.arange(model.num(model.source_type)) if users is None else np.asarray(users, np.int64)
-        indptr, _ = model.seen()
+        users = np.arange(model.num(self.source_type)) if users is None else np.asarray(users, np.int64)
+        indptr, _ = model.seen(source_type=self.source_type, target_type=self.target_type)
         perm = np.argsort(indptr[users + 1] - indptr[users], kind="stable")
         order = users[perm]
         parts = []
@@ -139,7 +145,7 @@ class Retriever:
         mask = cands.items >= 0
         u_idx = np.repeat(users, k).reshape(b, k)[mask]
         ranks = np.tile(np.arange(1, k + 1), b).reshape(b, k)[mask]
-        uid = self.model.ids[self.model.source_type][u_idx]
+        uid = self.model.ids[self.source_type][u_idx]
         iid = self.model.ids[self.target_type][cands.items[mask]]
         return pa.table({"user": _arr(uid), "rank": pa.array(ranks, pa.int32()), "item": _arr(iid),
                          "score": pa.array(cands.scores[mask], pa.float32()),

@@ -57,38 +57,42 @@ def mixture_weights(us: torch.Tensor, ud: torch.Tensor, src: np.ndarray, dst: np
     ``us`` (N_s, C_s, n) and ``ud`` (N_d, C_d, n) are the two types' embeddings; ``src``/``dst`` the edges
     of the chosen task set T'.
     """
-    src_t, dst_t = torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64)
     acc_s, acc_d = OnlineWeights(us.shape[0], us.shape[1]), OnlineWeights(ud.shape[0], ud.shape[1])
+    accumulate_pair(acc_s, acc_d, us, ud, src, dst, gamma, form, chunk)
+    return acc_s.result(), acc_d.result()
+
+
+def accumulate_pair(acc_s: OnlineWeights, acc_d: OnlineWeights, us: torch.Tensor, ud: torch.Tensor,
+                    src: np.ndarray, dst: np.ndarray, gamma: float, form: str = "sum", chunk: int = CHUNK) -> None:
+    """Add the eq. 5 terms of edges ``src -> dst`` to the source and target types' accumulators (the same
+    object when both ends have one type: a node then sums its edges as a source and as a target)."""
+    src_t, dst_t = torch.as_tensor(src, dtype=torch.int64), torch.as_tensor(dst, dtype=torch.int64)
     with torch.no_grad():
         for i in range(0, len(src_t), chunk):  # each block's products once, for both sides
             s, d = src_t[i:i + chunk], dst_t[i:i + chunk]
             m = product(us[s], ud[d])
             acc_s.add(s, component_logits(m, gamma, "source", form))
             acc_d.add(d, component_logits(m, gamma, "target", form))
-    return acc_s.result(), acc_d.result()
 
 
 def compute_weight_sets(model) -> dict[str, dict[str, np.ndarray]]:
-    """All weight sets named in ``model.config.weight_sets`` from the model's training edges."""
+    """All weight sets named in ``model.config.weight_sets`` from the model's training edges.
+
+    Eq. 5 per node: one sum over every edge of the set's relations in which the node takes part, as a
+    source or as a target, whatever the type at the other end; normalised once per node.
+    """
     out: dict[str, dict[str, np.ndarray]] = {}
     e = model.train_edges
     for name, ws in model.config.weight_sets.items():
         rel_names = ws.relations or [r.name for r in model.relations]
         codes = [model.relation_code(r) for r in rel_names]
-        pairs = {(model.relations[c].source_type, model.relations[c].target_type) for c in codes}
-        per_type: dict[str, list[np.ndarray]] = {}
-        for s_t, d_t in sorted(pairs):
-            keep = np.isin(e["rel"], [c for c in codes if (model.relations[c].source_type,
-                                                            model.relations[c].target_type) == (s_t, d_t)])
-            w_s, w_d = mixture_weights(model.tables[s_t], model.tables[d_t], e["src"][keep], e["dst"][keep],
-                                       ws.gamma, ws.form)
-            per_type.setdefault(s_t, []).append(w_s)
-            per_type.setdefault(d_t, []).append(w_d)
-        out[name] = {t: _merge(ws_list) for t, ws_list in per_type.items()}
+        acc: dict[str, OnlineWeights] = {}
+        for c in codes:
+            r = model.relations[c]
+            for t in (r.source_type, r.target_type):
+                acc.setdefault(t, OnlineWeights(model.num(t), model.components(t)))
+            keep = e["rel"] == c
+            accumulate_pair(acc[r.source_type], acc[r.target_type], model.tables[r.source_type],
+                            model.tables[r.target_type], e["src"][keep], e["dst"][keep], ws.gamma, ws.form)
+        out[name] = {t: a.result() for t, a in acc.items()}
     return out
-
-
-def _merge(parts: list[np.ndarray]) -> np.ndarray:
-    """Average weights a type got from several (source, target) type pairs, renormalised."""
-    w = np.mean(parts, axis=0)
-    return (w / w.sum(1, keepdims=True)).astype(np.float32)

@@ -53,12 +53,14 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
              relation: str | None = None, exclude_seen: str = "all", labels: ItemLabels | None = None,
              methods: Sequence[str] = METHODS, weight_set: str = "all", max_users: int | None = None,
              seed: int = 0, retriever=None, progress: bool = False) -> dict:
-    """Evaluate every relation (or one) of ``split`` with full ranking over all items.
+    """Evaluate every relation (or one) of ``split``, each with full ranking over its own destination type.
 
-    ``exclude_seen``: 'all' removes every training item of the user, 'relation' only the evaluated
-    relation's training items (the multi-behaviour protocol), 'none' nothing. Returns
-    ``{"relations": {name: {method: metrics}}, "settings": {...}}``; ``method`` is 'exact' (all items
-    ranked by the pooled score) and/or 'retrieval' (round-robin KNN output).
+    ``exclude_seen``: 'all' removes every training destination of the source within the relation's
+    destination type (all relations between the same two types), 'relation' only the evaluated
+    relation's training destinations (the multi-behaviour protocol), 'none' nothing. Returns
+    ``{"relations": {name: {"source_type", "target_type", "users", method: metrics}}, "settings": {...}}``;
+    ``method`` is 'exact' (all destinations ranked by the pooled score) and/or 'retrieval' (round-robin
+    KNN output). ``labels`` describe the model's default target type and apply to relations ending there.
     """
     from mixrec.retrieve import Retriever
 
@@ -71,15 +73,15 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
         raise ValueError(f"unknown evaluation method(s) {bad}; choose from {METHODS}")
     ks = sorted({int(k) for k in ks})
     kmax = ks[-1]
-    n_items = model.num(model.target_type)
     names = [relation] if relation else [r.name for r in dataset.relations]
     report: dict = {"relations": {}, "settings": {"ks": ks, "split": split, "exclude_seen": exclude_seen,
                                                   "weight_set": weight_set, "methods": list(methods)},
                     "diagnostics": {"model": model_diagnostics(model, weight_set), "relations": {}}}
-    w_src = model.mixture_weights(model.source_type, weight_set)
-    if "retrieval" in methods and retriever is None:
-        retriever = Retriever(model, weight_set)
+    retrievers = {} if retriever is None else {(retriever.source_type, retriever.target_type): retriever}
     for name in names:
+        rel = dataset.relation(name)
+        s_t, d_t = rel.source_type, rel.target_type
+        n_items = model.num(d_t)
         e = dataset.split(split, relations=[name])
         users = np.unique(e.src)
         if max_users and len(users) > max_users:
@@ -89,20 +91,27 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
         keep = np.isin(e.src, users)
         truth = csr_from_pairs(np.searchsorted(users, e.src[keep]), e.dst[keep], len(users))
         excl = {"all": True, "relation": [name], "none": False}[exclude_seen]
-        res: dict = {"users": int(len(users))}
+        res: dict = {"source_type": s_t, "target_type": d_t, "users": int(len(users))}
+        labelled = labels if d_t == model.target_type else None  # labels describe the model's target type
         dominant = None
-        if labels is not None:  # from every training item of the user, whatever the relation
-            dominant = dominant_labels(*csr_from_pairs(*csr_rows(*model.seen(), users), len(users)), labels)
+        if labelled is not None:  # from every training item of the user, whatever the relation
+            seen_all = model.seen(source_type=s_t, target_type=d_t)
+            dominant = dominant_labels(*csr_from_pairs(*csr_rows(*seen_all, users), len(users)), labels)
         for method in methods:
             t0 = time.perf_counter()
             if method == "exact":
-                seen = None if excl is False else model.seen(None if excl is True else excl)
-                top, _ = exact_topk(model, users, kmax, seen, progress=progress)
+                seen = None if excl is False else model.seen(None if excl is True else excl, source_type=s_t,
+                                                              target_type=d_t)
+                top, _ = exact_topk(model, users, kmax, seen, progress=progress, source_type=s_t, target_type=d_t)
             else:
-                _, cands = retriever.recommend_all(kmax, users=users, exclude_seen=excl, progress=progress)
+                if (s_t, d_t) not in retrievers:
+                    retrievers[(s_t, d_t)] = Retriever(model, weight_set, source_type=s_t, target_type=d_t)
+                _, cands = retrievers[(s_t, d_t)].recommend_all(kmax, users=users, exclude_seen=excl,
+                                                                progress=progress)
                 top = cands.items
+                w_src = model.mixture_weights(s_t, weight_set)
                 report["diagnostics"]["relations"][name] = _retrieval_diagnostics(cands, truth, ks, w_src[users])
-            metrics = evaluate_topk(top, truth, ks, n_items, labels, dominant)
+            metrics = evaluate_topk(top, truth, ks, n_items, labelled, dominant)
             metrics["seconds"] = time.perf_counter() - t0
             res[method] = metrics
         report["relations"][name] = res
@@ -140,7 +149,8 @@ def format_diagnostics(report: dict) -> str:
 
 
 def format_report(report: dict, keys: Sequence[str] | None = None) -> str:
-    """A plain-text table: one row per relation and method, then the mixture diagnostics."""
+    """A plain-text table: one row per relation (with the types it ranks) and method, then the mixture
+    diagnostics."""
     ks = report["settings"]["ks"]
     keys = keys or [f"{m}@{k}" for m in ("recall", "ndcg", "hit_rate", "mrr", "div", "label_coverage",
                                           "catalog_coverage", "minority_recall") for k in ks]
@@ -148,9 +158,10 @@ def format_report(report: dict, keys: Sequence[str] | None = None) -> str:
     for rel, res in report["relations"].items():
         for method in report["settings"]["methods"]:
             if method in res:
-                rows.append([rel, method] + [_fmt(res[method].get(key)) for key in keys])
-    header = ["relation", "method"] + list(keys)
-    present = [i for i in range(len(header)) if i < 2 or any(r[i] != "-" for r in rows)]
+                types = f"{res.get('source_type', '?')}->{res.get('target_type', '?')}"
+                rows.append([rel, types, method] + [_fmt(res[method].get(key)) for key in keys])
+    header = ["relation", "types", "method"] + list(keys)
+    present = [i for i in range(len(header)) if i < 3 or any(r[i] != "-" for r in rows)]
     header = [header[i] for i in present]
     rows = [[r[i] for i in present] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]

@@ -19,7 +19,8 @@ def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple
 
 def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None, *,
                pooling: str | None = None, target_type: str | None = None, batch: int = 256,
-               progress: bool = False, source_vectors: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+               progress: bool = False, source_vectors: torch.Tensor | None = None,
+               source_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Top ``k`` targets per user by exact pooled score over all items; ``exclude`` is a CSR of items to skip.
 
     ``source_vectors`` (U', C_s, n) unit: score these instead of the model's source table (``users`` then
@@ -30,7 +31,7 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
     cfg = model.config
     t_type = target_type or model.target_type
     vt = model.vectors(t_type)
-    us_all = model.vectors(model.source_type) if source_vectors is None else source_vectors
+    us_all = model.vectors(source_type or model.source_type) if source_vectors is None else source_vectors
     n = vt.shape[0]
     k_eff = min(k, n)
     out_i = np.full((len(users), k), -1, dtype=np.int64)
@@ -57,17 +58,19 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
 def sample_recall(model, dataset, split: str, k: int, max_users: int, seed: int) -> float:
     """Recall@k on (a seeded sample of) a split's users, for early stopping and tuning.
 
-    The training items excluded are those of the relations the split holds (all of them, unless the split
-    holds one target task only, e.g. a ``buy`` hold-out, where items only viewed stay rankable).
+    Only relations between the model's (source, target) types count. The training items excluded are
+    those of the relations the split holds (all of them, unless the split holds one target task only,
+    e.g. a ``buy`` hold-out, where items only viewed stay rankable).
     """
     from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics
 
-    e = dataset.split(split)
+    pair = model.relations_between(model.source_type, model.target_type)
+    e = dataset.split(split, relations=pair)
     users = np.unique(e.src)
     if len(users) > max_users:
         users = np.sort(np.random.default_rng(seed).choice(users, max_users, replace=False))
     held = [dataset.relations[c].name for c in np.unique(e.rel)]
-    seen = model.seen(None if len(held) == len(dataset.relations) else held)
+    seen = model.seen(None if len(held) == len(pair) else held)
     top, _ = exact_topk(model, users, k, seen)
     keep = np.isin(e.src, users)
     row = np.searchsorted(users, e.src[keep])

@@ -90,19 +90,38 @@ class MixtureModel:
         return pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
                     dims=ALL_DIMS)
 
-    def seen(self, relations: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """CSR (indptr, indices) of each source's training destinations (optionally some relations); cached."""
-        key = None if relations is None else tuple(sorted(relations))
+    def seen(self, relations: list[str] | None = None, *, source_type: str | None = None,
+             target_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """CSR (indptr, indices) of each source's training destinations of one type pair; cached.
+
+        The pair defaults to the model's (source, target) types; only relations connecting that pair
+        count (destinations of another type are other id spaces). ``relations`` narrows them further;
+        naming one of another pair is an error.
+        """
+        s_t, d_t = source_type or self.source_type, target_type or self.target_type
+        key = (s_t, d_t, None if relations is None else tuple(sorted(relations)))
         if key not in self._seen_cache:
-            self._seen_cache[key] = self._build_seen(relations)
+            self._seen_cache[key] = self._build_seen(relations, s_t, d_t)
         return self._seen_cache[key]
 
-    def _build_seen(self, relations: list[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    def relations_between(self, source_type: str, target_type: str) -> list[str]:
+        """Names of the relations from ``source_type`` to ``target_type``."""
+        return [r.name for r in self.relations if (r.source_type, r.target_type) == (source_type, target_type)]
+
+    def _build_seen(self, relations: list[str] | None, s_t: str, d_t: str) -> tuple[np.ndarray, np.ndarray]:
         src, dst, rel = self.train_edges["src"], self.train_edges["dst"], self.train_edges["rel"]
+        pair = self.relations_between(s_t, d_t)
         if relations is not None:
-            keep = np.isin(rel, [self.relation_code(r) for r in relations])
-            src, dst = src[keep], dst[keep]
-        n = self.num(self.source_type)
+            other = [r for r in relations if r not in pair]
+            for r in other:
+                self.relation_code(r)  # unknown names: KeyError listing the model's relations
+            if other:
+                raise ValueError(f"relation(s) {other} do not connect {s_t} -> {d_t} (those that do: {pair}); "
+                                 "seen destinations are excluded within one destination type")
+            pair = list(relations)
+        keep = np.isin(rel, [self.relation_code(r) for r in pair])
+        src, dst = src[keep], dst[keep]
+        n = self.num(s_t)
         order = np.lexsort((dst, src))
         indptr = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])

@@ -8,6 +8,7 @@ import torch.distributed as dist
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset
+from mixrec.data.schema import with_task_weights
 from mixrec.model.mixture import MixtureModel
 from mixrec.train.base import Callback, ModelTrainer
 from mixrec.train.distributed_trainer import DistributedTrainer
@@ -26,7 +27,7 @@ def make_trainer(dataset: Dataset | str | Path, config: Config | None = None, ou
     """The trainer for ``config``: partitioned from disk when ``partitions.<type> > 1`` (a dataset directory
     is then streamed, never loaded whole), data-parallel inside a process group, else in memory (HOGWILD
     worker processes when ``workers > 1``). Options a trainer cannot honour are refused with a ValueError."""
-    config = config or Config()
+    config = with_task_weights(config or Config(), dataset)  # a graph schema's task weights (eq. 4)
     if config.partitioned:
         if in_process_group():
             raise ValueError(f"partitions={config.partitions}: partitioned training runs in one process, not in "

@@ -19,7 +19,7 @@ import torch
 from mixrec.io import save_array, save_json, sha256
 from mixrec.model.functional import normalize, product
 from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
-from mixrec.weights import OnlineWeights, _merge, component_logits
+from mixrec.weights import OnlineWeights, component_logits
 
 if TYPE_CHECKING:  # pragma: no cover
     from mixrec.train.partitioned import PartitionedTrainer
@@ -108,21 +108,22 @@ def _weight_sets(trainer: "PartitionedTrainer") -> dict[str, dict[str, np.ndarra
     out = {}
     for name, ws in cfg.weight_sets.items():
         codes = [names.index(r) for r in (ws.relations or names)]
-        per_type: dict[str, list[np.ndarray]] = {}
+        acc: dict[str, OnlineWeights] = {}  # per type: eq. 5 sums over every edge of a node, whatever the pair
         for pair in sorted({(src.relations[c].source_type, src.relations[c].target_type) for c in codes}):
+            for t in pair:
+                acc.setdefault(t, OnlineWeights(src.entities[t], cfg.components_of(t)))
             pair_codes = [c for c in codes if (src.relations[c].source_type, src.relations[c].target_type) == pair]
-            for t, w in zip(pair, _pair_weights(trainer, pair, pair_codes, ws.gamma, ws.form)):
-                per_type.setdefault(t, []).append(w)
-        out[name] = {t: _merge(parts) for t, parts in per_type.items()}
+            _pair_weights(trainer, pair, pair_codes, ws.gamma, ws.form, (acc[pair[0]], acc[pair[1]]))
+        out[name] = {t: a.result() for t, a in acc.items()}
     return out
 
 
 def _pair_weights(trainer: "PartitionedTrainer", pair: tuple[str, str], codes: list[int], gamma: float,
-                  form: str) -> tuple[np.ndarray, np.ndarray]:
-    """(w_source, w_target) of one type pair from the edges of relations ``codes``, bucket by bucket."""
+                  form: str, acc: tuple[OnlineWeights, OnlineWeights]) -> None:
+    """Add one type pair's eq. 5 terms (edges of relations ``codes``, bucket by bucket) to the source and
+    target types' accumulators ``acc``."""
     cfg, store, buckets = trainer.config, trainer.store, trainer.buckets
-    (s_t, d_t), ent = pair, trainer.source.entities
-    acc = [OnlineWeights(ent[s_t], cfg.components_of(s_t)), OnlineWeights(ent[d_t], cfg.components_of(d_t))]
+    s_t, d_t = pair
     if max(cfg.components_of(s_t), cfg.components_of(d_t)) > 1:
         with torch.no_grad():
             for i in range(cfg.partitions_of(s_t)):
@@ -137,4 +138,3 @@ def _pair_weights(trainer: "PartitionedTrainer", pair: tuple[str, str], codes: l
                             m = product(us[s], ud[d])
                             acc[0].add(s + int(store.bounds[s_t][i]), component_logits(m, gamma, "source", form))
                             acc[1].add(d + int(store.bounds[d_t][j]), component_logits(m, gamma, "target", form))
-    return acc[0].result(), acc[1].result()
