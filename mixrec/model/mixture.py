@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import torch
 
 from mixrec.config import Config
+from mixrec.csr import csr_from_pairs
 from mixrec.data.dataset import Dataset, Relation, _id_array
+from mixrec.ids import IdLookup
 from mixrec.io import load_array, save_array, save_json, sha256
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 
@@ -31,6 +33,7 @@ class MixtureModel:
     info: dict = field(default_factory=dict)
     path: Path | None = None
     _seen_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- creation
     @classmethod
@@ -90,6 +93,12 @@ class MixtureModel:
         return pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
                     dims=ALL_DIMS)
 
+    def lookup(self, entity_type: str) -> IdLookup:
+        """Raw id -> dense index of one entity type (built once)."""
+        if entity_type not in self._lookups:
+            self._lookups[entity_type] = IdLookup(self.ids[entity_type])
+        return self._lookups[entity_type]
+
     def seen(self, relations: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """CSR (indptr, indices) of each source's training destinations (optionally some relations); cached."""
         key = None if relations is None else tuple(sorted(relations))
@@ -102,11 +111,7 @@ class MixtureModel:
         if relations is not None:
             keep = np.isin(rel, [self.relation_code(r) for r in relations])
             src, dst = src[keep], dst[keep]
-        n = self.num(self.source_type)
-        order = np.lexsort((dst, src))
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-        return indptr, dst[order].astype(np.int64)
+        return csr_from_pairs(src, dst, self.num(self.source_type), dedupe=False)
 
     # ----------------------------------------------------------------- storage
     def save(self, path: str | Path) -> Path:
