@@ -1,6 +1,8 @@
 """Mixture weights (section 3.4, eq. 5): per-node component weights computed from training edges after training."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -68,24 +70,38 @@ def mixture_weights(us: torch.Tensor, ud: torch.Tensor, src: np.ndarray, dst: np
     return acc_s.result(), acc_d.result()
 
 
+PairWeights = Callable[[tuple[str, str], list[int], float, str], tuple[np.ndarray, np.ndarray]]
+
+
+def group_weight_sets(config, relations, pair_weights: PairWeights) -> dict[str, dict[str, np.ndarray]]:
+    """Every weight set of ``config.weight_sets``: its relations grouped by (source type, target type),
+    ``pair_weights(pair, relation codes, gamma, form)`` -> (w_source, w_target) per group, and each type's
+    parts merged. In memory and streaming trainers differ only in ``pair_weights``."""
+    names = [r.name for r in relations]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, ws in config.weight_sets.items():
+        bad = [r for r in ws.relations or [] if r not in names]
+        if bad:
+            raise KeyError(f"unknown relation {bad[0]!r}; the model has {names}")
+        codes = [names.index(r) for r in (ws.relations or names)]
+        per_type: dict[str, list[np.ndarray]] = {}
+        for pair in sorted({(relations[c].source_type, relations[c].target_type) for c in codes}):
+            pair_codes = [c for c in codes if (relations[c].source_type, relations[c].target_type) == pair]
+            for t, w in zip(pair, pair_weights(pair, pair_codes, ws.gamma, ws.form)):
+                per_type.setdefault(t, []).append(w)
+        out[name] = {t: _merge(parts) for t, parts in per_type.items()}
+    return out
+
+
 def compute_weight_sets(model) -> dict[str, dict[str, np.ndarray]]:
     """All weight sets named in ``model.config.weight_sets`` from the model's training edges."""
-    out: dict[str, dict[str, np.ndarray]] = {}
     e = model.train_edges
-    for name, ws in model.config.weight_sets.items():
-        rel_names = ws.relations or [r.name for r in model.relations]
-        codes = [model.relation_code(r) for r in rel_names]
-        pairs = {(model.relations[c].source_type, model.relations[c].target_type) for c in codes}
-        per_type: dict[str, list[np.ndarray]] = {}
-        for s_t, d_t in sorted(pairs):
-            keep = np.isin(e["rel"], [c for c in codes if (model.relations[c].source_type,
-                                                            model.relations[c].target_type) == (s_t, d_t)])
-            w_s, w_d = mixture_weights(model.tables[s_t], model.tables[d_t], e["src"][keep], e["dst"][keep],
-                                       ws.gamma, ws.form)
-            per_type.setdefault(s_t, []).append(w_s)
-            per_type.setdefault(d_t, []).append(w_d)
-        out[name] = {t: _merge(ws_list) for t, ws_list in per_type.items()}
-    return out
+
+    def pair_weights(pair, codes, gamma, form):
+        keep = np.isin(e["rel"], codes)
+        return mixture_weights(model.tables[pair[0]], model.tables[pair[1]], e["src"][keep], e["dst"][keep],
+                               gamma, form)
+    return group_weight_sets(model.config, model.relations, pair_weights)
 
 
 def _merge(parts: list[np.ndarray]) -> np.ndarray:

@@ -19,7 +19,7 @@ import torch
 from mixrec.io import save_array, save_json, sha256
 from mixrec.model.functional import normalize, product
 from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
-from mixrec.weights import OnlineWeights, _merge, component_logits
+from mixrec.weights import OnlineWeights, component_logits, group_weight_sets
 
 if TYPE_CHECKING:  # pragma: no cover
     from mixrec.train.partitioned import PartitionedTrainer
@@ -103,18 +103,8 @@ def _write_train_edges(trainer: "PartitionedTrainer", root: Path) -> None:
 
 def _weight_sets(trainer: "PartitionedTrainer") -> dict[str, dict[str, np.ndarray]]:
     """Eq. 5 for every configured weight set, one streaming pass over the buckets per set."""
-    src, cfg = trainer.source, trainer.config
-    names = [r.name for r in src.relations]
-    out = {}
-    for name, ws in cfg.weight_sets.items():
-        codes = [names.index(r) for r in (ws.relations or names)]
-        per_type: dict[str, list[np.ndarray]] = {}
-        for pair in sorted({(src.relations[c].source_type, src.relations[c].target_type) for c in codes}):
-            pair_codes = [c for c in codes if (src.relations[c].source_type, src.relations[c].target_type) == pair]
-            for t, w in zip(pair, _pair_weights(trainer, pair, pair_codes, ws.gamma, ws.form)):
-                per_type.setdefault(t, []).append(w)
-        out[name] = {t: _merge(parts) for t, parts in per_type.items()}
-    return out
+    return group_weight_sets(trainer.config, trainer.source.relations,
+                             lambda pair, codes, gamma, form: _pair_weights(trainer, pair, codes, gamma, form))
 
 
 def _pair_weights(trainer: "PartitionedTrainer", pair: tuple[str, str], codes: list[int], gamma: float,
