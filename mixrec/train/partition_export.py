@@ -13,12 +13,10 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from mixrec.io import save_array, save_json, sha256
 from mixrec.model.functional import normalize, product
-from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
+from mixrec.model.mixture import write_ids, write_manifest
 from mixrec.weights import OnlineWeights, component_logits, group_weight_sets
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -62,28 +60,11 @@ def export_model(trainer: "PartitionedTrainer", out: Path) -> Path:
         with npy_writer(out / "embeddings" / f"{t}.npy", np.float32, (n, cfg.components_of(t), cfg.dim)) as w:
             for p in range(cfg.partitions_of(t)):
                 w(normalize(torch.from_numpy(np.array(store.read(t, p)))).numpy())
-        tmp = out / "ids" / f".{t}.parquet.tmp"
-        tmp.parent.mkdir(exist_ok=True)
-        with pq.ParquetWriter(tmp, pa.schema([("id", _id_type(src, t))])) as writer:
-            for block in src.ids(t):
-                writer.write_table(pa.table({"id": block}))
-        tmp.replace(out / "ids" / f"{t}.parquet")
-    weights = _weight_sets(trainer)
-    for name, per_type in weights.items():
-        for t, w in per_type.items():
-            save_array(out / "weights" / name / f"{t}.npy", w)
+        write_ids(out, t, src.ids(t), _id_type(src, t))
     _write_train_edges(trainer, out / "train")
-    cfg.save(out / "config.toml")
-    files = sorted(p for p in out.rglob("*") if p.is_file() and _is_artifact(out, p))
-    save_json(out / "model.json", {
-        "format": MODEL_FORMAT,
-        "entities": {t: {"count": n, "components": cfg.components_of(t)} for t, n in src.entities.items()},
-        "relations": [r.__dict__ for r in src.relations],
-        "weight_sets": {name: sorted(w) for name, w in weights.items()},
-        "info": {"history": trainer.history, "edges": src.n_train, "best_epoch": None,
-                 "partitions": {t: cfg.partitions_of(t) for t in src.entities}},
-        "checksums": {str(p.relative_to(out)): sha256(p) for p in files},
-    })
+    write_manifest(out, cfg, {t: (n, cfg.components_of(t)) for t, n in src.entities.items()}, src.relations,
+                   _weight_sets(trainer), {"history": trainer.history, "edges": src.n_train, "best_epoch": None,
+                                           "partitions": {t: cfg.partitions_of(t) for t in src.entities}})
     return out
 
 
