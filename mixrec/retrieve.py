@@ -107,4 +107,6 @@ class Retriever:
 
 
 def _arr(values: np.ndarray) -> pa.Array:
-    return pa.array(values.astype(np.int64)) if values.dtype.kind in "iu" else pa.array([str(v) for v in values], pa.string())
+    if values.dtype.kind in "iu":
+        return pa.array(values.astype(np.int64))
+    return pa.array([str(v) for v in values], pa.string())

@@ -1,4 +1,4 @@
-"""One query, four doors: the library (Retriever), the serving Snapshot, the Funnel and HTTP return the same candidates."""
+"""One query, four doors: the library (Retriever), the serving Snapshot, the Funnel and HTTP agree exactly."""
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
