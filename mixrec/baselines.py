@@ -6,7 +6,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from mixrec.evaluate.exact import csr_rows
+from mixrec.csr import csr_rows
+from mixrec.data.split import holdout_mask
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]  # user indices (B,) -> scores (B, n_items)
 
@@ -86,21 +87,10 @@ def factor_topk(user_factors: np.ndarray, item_factors: np.ndarray, users: np.nd
 
 
 def holdout_split(src: np.ndarray, dst: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """Boolean mask of held-out edges: about ``fraction`` of each user's edges, at least one kept in training.
-
-    Used to tune baselines on a slice of train where a dataset ships no validation split.
-    """
-    rng = np.random.default_rng(seed)
-    order = np.lexsort((rng.random(len(src)), src))
-    s = src[order]
-    first = np.r_[0, np.flatnonzero(s[1:] != s[:-1]) + 1]
-    sizes = np.diff(np.r_[first, len(s)])
-    rank = np.arange(len(s)) - np.repeat(first, sizes)
-    n_hold = np.floor(sizes * fraction).astype(np.int64)
-    n_hold = np.minimum(n_hold, sizes - 1)
-    mask = np.zeros(len(src), dtype=bool)
-    mask[order] = rank < np.repeat(n_hold, sizes)
-    return mask
+    """Boolean mask of held-out edges: about ``fraction`` of each user's edges, at least one kept in training
+    (:func:`mixrec.data.split.holdout_mask` per user). Used to tune baselines where a dataset ships no
+    validation split."""
+    return holdout_mask(src, fraction, seed)
 
 
 def tune_als(fit_pairs: tuple[np.ndarray, np.ndarray], eval_fn: Callable[[np.ndarray, np.ndarray], float],

@@ -132,7 +132,7 @@ def cmd_retrieve(a) -> int:
     users = None
     if a.users:
         raw = [line.strip() for line in Path(a.users).read_text().splitlines() if line.strip()]
-        users = _lookup(model.ids[r.source_type], raw, a.users)
+        users = model.lookup(r.source_type).require(raw, a.users, "user")
     users, cands = r.recommend_all(a.k, users=users, exclude_seen=not a.include_seen, progress=not a.quiet)
     table = r.to_table(users, cands)
     with atomic_file(a.out) as fh:
@@ -142,61 +142,19 @@ def cmd_retrieve(a) -> int:
 
 
 def _retrieve_history(model, r, a) -> int:
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mixrec.foldin import FoldInSettings, fold_in_model, read_histories
+    from mixrec.foldin import FoldInSettings, read_histories
     from mixrec.io import atomic_file
     users, items, rels = read_histories(a.history)
-    lookup = {str(v): i for i, v in enumerate(model.ids[r.target_type].tolist())}
-    names = [rel.name for rel in model.relations]
-    hist, codes = [], []
-    for u, its, rs in zip(users, items, rels):
-        missing = [i for i in its if i not in lookup]
-        if missing:
-            raise ValueError(f"{a.history}: user {u}: {len(missing)} unknown item id(s), e.g. {missing[:3]}")
-        hist.append(np.array([lookup[i] for i in its], np.int64))
-        if rs is not None:
-            bad = sorted(set(rs) - set(names))
-            if bad:
-                raise ValueError(f"{a.history}: unknown relation(s) {bad}; the model has {names}")
-            codes.append(np.array([names.index(x) for x in rs], np.int64))
+    hist, codes = r.dense_histories(users, items, rels, str(a.history))
     settings = FoldInSettings() if a.foldin_steps is None else FoldInSettings(steps=a.foldin_steps)
-    cols: dict[str, list] = {"user": [], "rank": [], "item": [], "score": [], "component": []}
-    target_ids = model.ids[r.target_type]
-    for lo in range(0, len(hist), 256):
-        h = hist[lo:lo + 256]
-        folded = fold_in_model(model, h, codes[lo:lo + 256] if codes else None, weight_set=a.weights,
-                               settings=settings, items=model.vectors(r.target_type))
-        excl = None
-        if not a.include_seen:
-            excl = (np.repeat(np.arange(len(h)), [len(x) for x in h]), np.concatenate(h))
-        c = r.search_vectors(folded.vectors, folded.weights, a.k, excl, extra=0 if excl is None else
-                             max(len(x) for x in h))
-        for j in range(len(h)):
-            keep = c.items[j] >= 0
-            n = int(keep.sum())
-            cols["user"] += [str(users[lo + j])] * n
-            cols["rank"] += list(range(1, n + 1))
-            cols["item"] += target_ids[c.items[j][keep]].tolist()
-            cols["score"] += c.scores[j][keep].tolist()
-            cols["component"] += c.components[j][keep].tolist()
-    item_type = pa.int64() if target_ids.dtype.kind in "iu" else pa.string()
-    table = pa.table({"user": pa.array(cols["user"], pa.string()), "rank": pa.array(cols["rank"], pa.int32()),
-                      "item": pa.array(cols["item"], item_type), "score": pa.array(cols["score"], pa.float32()),
-                      "component": pa.array(cols["component"], pa.int16())})
+    cands = r.recommend_histories(hist, codes, a.k, exclude_seen=not a.include_seen, settings=settings)
+    table = r.to_table(np.arange(len(users)), cands, user_ids=np.array([str(u) for u in users], dtype=object))
     with atomic_file(a.out) as fh:
         pq.write_table(table, fh)
     print(f"{table.num_rows:,} candidates for {len(users):,} folded-in users written to {a.out}")
     return 0
-
-
-def _lookup(ids: np.ndarray, raw: list[str], where: str) -> np.ndarray:
-    keys = {str(v): i for i, v in enumerate(ids.tolist())}
-    missing = [r for r in raw if r not in keys]
-    if missing:
-        raise SystemExit(f"{where}: {len(missing)} unknown id(s), e.g. {missing[:3]}")
-    return np.array([keys[r] for r in raw], dtype=np.int64)
 
 
 def _add_similar(sub) -> None:
@@ -213,7 +171,7 @@ def cmd_similar(a) -> int:
     from mixrec.retrieve import Retriever
     model = MixtureModel.load(a.model)
     r = Retriever(model, a.weights)
-    idx = _lookup(model.ids[r.target_type], a.items, "items")
+    idx = model.lookup(r.target_type).require(a.items, "items", "item")
     c = r.similar(idx, a.k)
     names = model.ids[r.target_type]
     for raw, row, sc in zip(a.items, c.items, c.scores):

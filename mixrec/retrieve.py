@@ -1,73 +1,16 @@
 """Round-robin KNN retrieval (section 3.5): per-component searches merged by max_c w_sc / rank."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from mixrec.config import IndexConfig
-from mixrec.evaluate.exact import csr_rows
-from mixrec.index import ComponentIndex, same_build
+from mixrec.foldin import FoldInSettings, fold_in_model
+from mixrec.index import ComponentIndex
 from mixrec.progress import progress_bar
-
-
-@dataclass
-class Candidates:
-    """Retrieved items per query row, best first; -1 / 0 pads rows with fewer than k."""
-
-    items: np.ndarray  # (B, k) int64
-    scores: np.ndarray  # (B, k) float32: max_c w_sc / rank
-    components: np.ndarray  # (B, k) int64: the source component that won
-
-
-def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
-                      exclude: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
-    """Merge per-component neighbour lists as in section 3.5.
-
-    ``sims``/``ids`` (B, C_s, M): each source component's M nearest destination components (flat id
-    ``d * C_d + l``, -1 if missing). alpha(c, d) = sum_l w_dl * sim (0 where not found); rank r(c, d)
-    per component by alpha descending; final score max_c w_sc / r(c, d); top ``k`` per row. ``exclude``
-    = (rows, items) pairs removed before ranking. Ties: higher alpha, then lower item id.
-    """
-    b, cs, m = ids.shape
-    n, cd = w_dst.shape
-    flat_ids = ids.reshape(-1)
-    valid = flat_ids >= 0
-    row = np.repeat(np.arange(b * cs, dtype=np.int64), m)[valid]
-    fid = flat_ids[valid]
-    item = fid // cd
-    alpha = w_dst[item, fid % cd].astype(np.float64) * sims.reshape(-1)[valid]
-    key = row * n + item
-    ukey, inv = np.unique(key, return_inverse=True)
-    agg = np.bincount(inv.reshape(-1), weights=alpha, minlength=len(ukey))
-    urow, uitem = ukey // n, ukey % n
-    ubatch = urow // cs
-    if exclude is not None and len(exclude[0]):
-        keep = ~np.isin(ubatch * n + uitem, np.asarray(exclude[0], np.int64) * n + exclude[1])
-        urow, uitem, ubatch, agg = urow[keep], uitem[keep], ubatch[keep], agg[keep]
-    order = np.lexsort((uitem, -agg, urow))
-    urow, uitem, ubatch, agg = urow[order], uitem[order], ubatch[order], agg[order]
-    first = np.searchsorted(urow, urow, side="left")
-    rank = np.arange(len(urow)) - first + 1
-    comp = urow % cs
-    score = w_src[ubatch, comp].astype(np.float64) / rank
-    order = np.lexsort((uitem, -agg, -score, ubatch))
-    ubatch, uitem, score, comp = ubatch[order], uitem[order], score[order], comp[order]
-    pair = ubatch * n + uitem
-    _, first_of_pair = np.unique(pair, return_index=True)  # best occurrence of each (row, item)
-    first_of_pair.sort()
-    ubatch, uitem, score, comp = (a[first_of_pair] for a in (ubatch, uitem, score, comp))
-    start = np.searchsorted(ubatch, ubatch, side="left")
-    pos = np.arange(len(ubatch)) - start
-    top = pos < k
-    out = Candidates(np.full((b, k), -1, np.int64), np.zeros((b, k), np.float32), np.full((b, k), -1, np.int64))
-    out.items[ubatch[top], pos[top]] = uitem[top]
-    out.scores[ubatch[top], pos[top]] = score[top]
-    out.components[ubatch[top], pos[top]] = comp[top]
-    return out
+from mixrec.search import Candidates, Searcher, load_or_build_index, round_robin_merge  # noqa: F401 (re-exported)
 
 
 class Retriever:
@@ -77,41 +20,25 @@ class Retriever:
                  index_config: IndexConfig | None = None, target_type: str | None = None,
                  source_type: str | None = None):
         self.model = model
-        self.source_type = source_type or model.source_type
-        self.target_type = target_type or model.target_type
+        self.searcher = Searcher.for_model(model, index_config, source_type=source_type, target_type=target_type,
+                                           index=index)
+        self.source_type, self.target_type = self.searcher.source_type, self.searcher.target_type
         self.weight_set = weight_set
-        self.w_dst = model.mixture_weights(self.target_type, weight_set)
-        self.w_src = model.mixture_weights(self.source_type, weight_set)
-        self.index = index or load_or_build_index(model, self.target_type, index_config or model.config.index)
-        self.source_vectors = model.vectors(self.source_type).numpy()
-        self.target_vectors = model.vectors(self.target_type).numpy()
+        self.w_src, self.w_dst = self.searcher.weights(weight_set)
+        self.index = self.searcher.index
+        self.source_vectors, self.target_vectors = self.searcher.source_vectors, self.searcher.target_vectors
 
     def search_vectors(self, queries: np.ndarray, weights: np.ndarray, k: int,
                        exclude: tuple[np.ndarray, np.ndarray] | None = None, extra: int = 0) -> Candidates:
         """Round-robin for arbitrary query mixtures (B, C, n) with weights (B, C) (e.g. folded-in users)."""
-        b, cs, dim = queries.shape
-        cd = self.index.components
-        m = min((k + extra) * cd, self.index.size)
-        sims, ids = self.index.search(queries.reshape(b * cs, dim), m)
-        return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), weights, self.w_dst, k, exclude)
+        return self.searcher.search(queries, weights, k, exclude, extra, self.weight_set)
 
     def recommend(self, users: Sequence[int] | np.ndarray, k: int = 100,
                   exclude_seen: bool | Sequence[str] = True) -> Candidates:
         """Top ``k`` targets for dense source indices; ``exclude_seen`` = True (all training relations between
         the two types), False, or a list of relation names whose training targets are excluded. Between
         two nodes of one type the query itself is always excluded."""
-        users = np.asarray(users, dtype=np.int64)
-        vectors = self.source_vectors[users]
-        excl, extra = None, 0
-        if exclude_seen is not False:
-            rels = None if exclude_seen is True else list(exclude_seen)
-            indptr, indices = self.model.seen(rels, source_type=self.source_type, target_type=self.target_type)
-            excl = csr_rows(indptr, indices, users)
-            extra = int((indptr[users + 1] - indptr[users]).max(initial=0))
-        if self.source_type == self.target_type:  # user->user, item->item: never the query itself
-            rows, cols = excl if excl is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
-            excl, extra = (np.r_[rows, np.arange(len(users))], np.r_[cols, users]), extra + 1
-        return self.search_vectors(vectors, self.w_src[users], k, excl, extra)
+        return self.searcher.recommend(users, k, self.weight_set, exclude_seen)
 
     def recommend_all(self, k: int = 100, users: np.ndarray | None = None, exclude_seen: bool | Sequence[str] = True,
                       batch: int = 512, progress: bool = True) -> tuple[np.ndarray, Candidates]:
@@ -134,40 +61,55 @@ class Retriever:
 
     def similar(self, items: Sequence[int] | np.ndarray, k: int = 10) -> Candidates:
         """Item-to-item neighbours: an item's own components and weights as the query (itself excluded)."""
-        items = np.asarray(items, dtype=np.int64)
-        vec = self.target_vectors[items]
-        excl = (np.arange(len(items)), items)
-        return self.search_vectors(vec, self.w_dst[items], k, excl, extra=1)
+        return self.searcher.similar(items, k, self.weight_set)
 
-    def to_table(self, users: np.ndarray, cands: Candidates) -> pa.Table:
-        """Long table (user, rank, item, score, component) with raw ids; padding dropped."""
+    def recommend_histories(self, histories: Sequence[np.ndarray], relations: Sequence[np.ndarray] | None, k: int,
+                            exclude_seen: bool = True, settings: FoldInSettings | None = None,
+                            batch: int = 256) -> Candidates:
+        """Fold new users in from dense item histories (and relation codes), then retrieve ``k`` items each;
+        ``exclude_seen`` drops each user's own history items."""
+        parts = []
+        for lo in range(0, len(histories), batch):
+            h = histories[lo:lo + batch]
+            folded = fold_in_model(self.model, h, None if relations is None else relations[lo:lo + batch],
+                                   weight_set=self.weight_set, settings=settings,
+                                   items=self.model.vectors(self.target_type))
+            parts.append(self.searcher.from_vectors(folded.vectors, folded.weights, k, self.weight_set,
+                                                    h if exclude_seen else None))
+        if not parts:
+            return Candidates(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
+        return Candidates(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("items", "scores", "components")))
+
+    def dense_histories(self, users: Sequence, items: Sequence[Sequence], relations: Sequence[Sequence | None],
+                        where: str) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Raw item ids and relation names per user (as :func:`mixrec.foldin.read_histories` returns them)
+        -> dense item indices and relation codes; ValueError naming ``where`` on unknown ids or relations."""
+        lookup, names = self.model.lookup(self.target_type), [r.name for r in self.model.relations]
+        hist, codes = [], []
+        for u, its, rs in zip(users, items, relations):
+            hist.append(lookup.require(list(its), f"{where}: user {u}", "item"))
+            if rs is not None:
+                bad = sorted(set(rs) - set(names))
+                if bad:
+                    raise ValueError(f"{where}: unknown relation(s) {bad}; the model has {names}")
+                codes.append(np.array([names.index(x) for x in rs], np.int64))
+        return hist, (codes or None)
+
+    def to_table(self, users: np.ndarray, cands: Candidates, user_ids: np.ndarray | None = None) -> pa.Table:
+        """Long table (user, rank, item, score, component) with raw ids; padding dropped. ``user_ids``: the
+        raw id of each row (default: the model's ids of the dense ``users``)."""
         b, k = cands.items.shape
         mask = cands.items >= 0
-        u_idx = np.repeat(users, k).reshape(b, k)[mask]
+        u_idx = np.repeat(np.arange(b), k).reshape(b, k)[mask]
         ranks = np.tile(np.arange(1, k + 1), b).reshape(b, k)[mask]
-        uid = self.model.ids[self.source_type][u_idx]
+        uid = (self.model.ids[self.source_type][users] if user_ids is None else np.asarray(user_ids))[u_idx]
         iid = self.model.ids[self.target_type][cands.items[mask]]
         return pa.table({"user": _arr(uid), "rank": pa.array(ranks, pa.int32()), "item": _arr(iid),
                          "score": pa.array(cands.scores[mask], pa.float32()),
                          "component": pa.array(cands.components[mask], pa.int16())})
 
 
-def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
-    """The model directory's saved index for this config, or a fresh one (saved when the model has a path)."""
-    path = None
-    if model.path is not None:
-        path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
-        if path.is_file():
-            n_items, _, saved = ComponentIndex.read_meta(path)
-            if same_build(saved, config) and n_items == model.num(target_type):
-                # search-time parameters (efSearch, nprobe) and the device need no rebuild
-                return ComponentIndex.load(path, config)
-    idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
-    if path is not None:
-        path.parent.mkdir(exist_ok=True)
-        idx.save(path)
-    return idx
-
-
 def _arr(values: np.ndarray) -> pa.Array:
-    return pa.array(values.astype(np.int64)) if values.dtype.kind in "iu" else pa.array([str(v) for v in values])
+    if values.dtype.kind in "iu":
+        return pa.array(values.astype(np.int64))
+    return pa.array([str(v) for v in values], pa.string())

@@ -1,6 +1,8 @@
 """Mixture weights (section 3.4, eq. 5): per-node component weights computed from training edges after training."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -75,24 +77,42 @@ def accumulate_pair(acc_s: OnlineWeights, acc_d: OnlineWeights, us: torch.Tensor
             acc_d.add(d, component_logits(m, gamma, "target", form))
 
 
+PairAccumulate = Callable[[tuple[str, str], list[int], float, str, tuple[OnlineWeights, OnlineWeights]], None]
+
+
+def group_weight_sets(config, relations, shape: Callable[[str], tuple[int, int]],
+                      add_pair: PairAccumulate) -> dict[str, dict[str, np.ndarray]]:
+    """Every weight set of ``config.weight_sets``: one eq. 5 accumulator per entity type (``shape(type)`` =
+    (nodes, components)), fed by ``add_pair(pair, relation codes, gamma, form, (acc_source, acc_target))``
+    for each (source type, target type) group of the set's relations, so that a node sums every edge it
+    takes part in whatever the other end's type. In-memory and streaming trainers differ only in ``add_pair``."""
+    names = [r.name for r in relations]
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, ws in config.weight_sets.items():
+        bad = [r for r in ws.relations or [] if r not in names]
+        if bad:
+            raise KeyError(f"unknown relation {bad[0]!r}; the model has {names}")
+        codes = [names.index(r) for r in (ws.relations or names)]
+        acc: dict[str, OnlineWeights] = {}
+        for pair in sorted({(relations[c].source_type, relations[c].target_type) for c in codes}):
+            for t in pair:
+                acc.setdefault(t, OnlineWeights(*shape(t)))
+            pair_codes = [c for c in codes if (relations[c].source_type, relations[c].target_type) == pair]
+            add_pair(pair, pair_codes, ws.gamma, ws.form, (acc[pair[0]], acc[pair[1]]))
+        out[name] = {t: a.result() for t, a in acc.items()}
+    return out
+
+
 def compute_weight_sets(model) -> dict[str, dict[str, np.ndarray]]:
     """All weight sets named in ``model.config.weight_sets`` from the model's training edges.
 
     Eq. 5 per node: one sum over every edge of the set's relations in which the node takes part, as a
     source or as a target, whatever the type at the other end; normalised once per node.
     """
-    out: dict[str, dict[str, np.ndarray]] = {}
     e = model.train_edges
-    for name, ws in model.config.weight_sets.items():
-        rel_names = ws.relations or [r.name for r in model.relations]
-        codes = [model.relation_code(r) for r in rel_names]
-        acc: dict[str, OnlineWeights] = {}
-        for c in codes:
-            r = model.relations[c]
-            for t in (r.source_type, r.target_type):
-                acc.setdefault(t, OnlineWeights(model.num(t), model.components(t)))
-            keep = e["rel"] == c
-            accumulate_pair(acc[r.source_type], acc[r.target_type], model.tables[r.source_type],
-                            model.tables[r.target_type], e["src"][keep], e["dst"][keep], ws.gamma, ws.form)
-        out[name] = {t: a.result() for t, a in acc.items()}
-    return out
+
+    def add_pair(pair, codes, gamma, form, accs):
+        keep = np.isin(e["rel"], codes)
+        accumulate_pair(accs[0], accs[1], model.tables[pair[0]], model.tables[pair[1]], e["src"][keep],
+                        e["dst"][keep], gamma, form)
+    return group_weight_sets(model.config, model.relations, lambda t: (model.num(t), model.components(t)), add_pair)

@@ -7,7 +7,7 @@ from mixrec.cli import main
 from mixrec.config import Config, ConfigError
 from mixrec.data.dataset import Dataset
 from mixrec.data.explore import ExploreSpec, generate_explore, write_explore
-from mixrec.data.schema import GraphSchema, build_graph, ingest_graph
+from mixrec.data.schema import GraphSchema, ingest_graph
 from mixrec.retrieve import Retriever
 from mixrec.train import train
 from mixrec.train.sampler import make_batches, training_edges

@@ -86,6 +86,26 @@ def leave_last_out(users: np.ndarray, timestamps: np.ndarray, valid: bool = Fals
     return out
 
 
+def holdout_mask(groups: np.ndarray, fraction: float, seed: int = 0, at_least_one: bool = False) -> np.ndarray:
+    """Boolean mask holding out ``floor(fraction * n)`` random edges of each group of ``n`` edges (at least one
+    where ``at_least_one`` and ``n >= 2``), never a group's last edge: the per-user (or per user and relation)
+    hold-out that tuning and ranker fitting carve out of a training split."""
+    groups = np.asarray(groups, np.int64).reshape(-1)
+    rng = np.random.default_rng(seed)
+    n = len(groups)
+    order = np.lexsort((rng.random(n), groups))
+    g = groups[order]
+    first = np.r_[0, np.flatnonzero(g[1:] != g[:-1]) + 1] if n else np.zeros(0, np.int64)
+    sizes = np.diff(np.r_[first, n])
+    take = np.floor(sizes * fraction).astype(np.int64)
+    if at_least_one:
+        take = np.maximum(take, 1)
+    take = np.minimum(take, sizes - 1)
+    mask = np.zeros(n, dtype=bool)
+    mask[order] = (np.arange(n) - np.repeat(first, sizes)) < np.repeat(take, sizes)
+    return mask
+
+
 def make_split(strategy: str, users: np.ndarray, *, timestamps: np.ndarray | None = None,
                labels: np.ndarray | None = None, vocabulary: Sequence[str] | None = None,
                test_fraction: float = 0.2, valid_fraction: float = 0.0, seed: int = 0) -> np.ndarray:

@@ -4,17 +4,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mixrec.csr import csr_rows
 from mixrec.model.functional import ALL_DIMS, pool, product_all
 from mixrec.progress import progress_bar
-
-
-def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row position, column) pairs of the CSR restricted to ``rows`` (positions index into ``rows``)."""
-    starts, ends = indptr[rows], indptr[rows + 1]
-    lens = ends - starts
-    pos = np.repeat(np.arange(len(rows)), lens)
-    offs = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-    return pos, indices[np.repeat(starts, lens) + offs]
 
 
 def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.ndarray] | None = None, *,

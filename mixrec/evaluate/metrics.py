@@ -5,26 +5,10 @@ from typing import Sequence
 
 import numpy as np
 
+from mixrec.csr import csr_from_pairs  # noqa: F401  (re-exported: part of this module's API)
+
 METRICS = ("recall", "ndcg", "hit_rate", "mrr")
 _ROW_CHUNK = 1 << 16  # users per chunk in ranking_metrics: bounds the (chunk, Kmax) temporaries
-
-
-def csr_from_pairs(rows: np.ndarray, cols: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """A CSR (indptr, indices) of ``n_rows`` rows from (row, col) pairs; columns sorted and deduplicated per row."""
-    rows = np.asarray(rows, dtype=np.int64).ravel()
-    cols = np.asarray(cols, dtype=np.int64).ravel()
-    if rows.shape != cols.shape:
-        raise ValueError(f"rows and cols differ in length ({rows.size} vs {cols.size})")
-    if rows.size and (rows.min() < 0 or rows.max() >= n_rows):
-        raise ValueError(f"row indices must lie in [0, {n_rows}); got [{rows.min()}, {rows.max()}]")
-    order = np.lexsort((cols, rows))
-    rows, cols = rows[order], cols[order]
-    keep = np.ones(rows.size, dtype=bool)
-    keep[1:] = (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])
-    rows, cols = rows[keep], cols[keep]
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
-    return indptr, cols
 
 
 def _check_inputs(topk: np.ndarray, indptr: np.ndarray, indices: np.ndarray, ks: Sequence[int]) -> list[int]:

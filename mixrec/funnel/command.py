@@ -33,15 +33,12 @@ def run_command(a) -> int:
         raw_users = [query.user]
     if not raw_users:
         raise ValueError("no user: pass --user ID (repeatable) or set 'user' in the query document")
-    lookup = {str(v): i for i, v in enumerate(model.ids[model.source_type].tolist())}
-    missing = [u for u in raw_users if str(u) not in lookup]
-    if missing:
-        raise ValueError(f"unknown user id(s) {missing[:5]}")
+    dense = model.lookup(model.source_type).require(raw_users, "--user", "user")
     funnel.check(query)
     item_ids = model.ids[model.target_type]
     cols: dict[str, list] = {k: [] for k in ("user", "rank", "item", "score", "source", "via", "seed", "component")}
-    for raw in raw_users:
-        res = funnel.run(query, lookup[str(raw)], validate=False)
+    for raw, user in zip(raw_users, dense):
+        res = funnel.run(query, int(user), validate=False)
         if a.explain:
             print(res.explain(item_ids))
         c = res.candidates

@@ -10,9 +10,8 @@ from typing import Sequence
 
 import numpy as np
 
-from mixrec.evaluate.exact import csr_rows
+from mixrec.csr import csr_from_pairs
 from mixrec.evaluate.labels import ItemLabels
-from mixrec.evaluate.metrics import csr_from_pairs
 from mixrec.funnel import diversify as div
 from mixrec.funnel.features import FeatureTables
 from mixrec.funnel.query import Query, QueryError, Step
@@ -21,7 +20,7 @@ from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr
 from mixrec.funnel.walk import BipartiteGraph
 from mixrec.index import ComponentIndex
 from mixrec.registry import FUNNEL_OPS
-from mixrec.retrieve import Candidates, load_or_build_index, round_robin_merge
+from mixrec.search import Candidates, Searcher
 
 
 @dataclass
@@ -76,14 +75,15 @@ class Funnel:
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None):
         self.model = model
-        self.index = index or load_or_build_index(model, model.target_type, model.config.index)
         h = history or (model.train_edges["src"], model.train_edges["dst"], model.train_edges["rel"])
         self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in h)
+        # the model's own training edges: exclude exactly what Retriever and serving exclude
+        self.searcher = Searcher.for_model(model, index=index, seen=None if history is None else self.seen)
+        self.index = self.searcher.index
         self.labels, self.rankers = labels, dict(rankers or {})
         self.n_users, self.n_items = model.num(model.source_type), model.num(model.target_type)
         self.relations = [r.name for r in model.relations]
-        self.user_vectors = model.vectors(model.source_type).numpy()
-        self.item_vectors = model.vectors(model.target_type).numpy()
+        self.user_vectors, self.item_vectors = self.searcher.source_vectors, self.searcher.target_vectors
         self._cache: dict = {}
 
     # ----------------------------------------------------------------- cached tables
@@ -125,34 +125,16 @@ class Funnel:
         return self._cached("features", lambda: FeatureTables.build(self.model, self.src, self.dst, self.rel))
 
     def weights(self, weight_set: str) -> tuple[np.ndarray, np.ndarray]:
-        m = self.model
-        return self._cached(("w", weight_set), lambda: (m.mixture_weights(m.source_type, weight_set),
-                                                        m.mixture_weights(m.target_type, weight_set)))
+        return self.searcher.weights(weight_set)
 
     # ----------------------------------------------------------------- retrieval primitives
-    def search(self, queries: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
-               exclude: tuple[np.ndarray, np.ndarray] | None, extra: int) -> Candidates:
-        b, cs, dim = queries.shape
-        m = min((k + extra) * self.index.components, self.index.size)
-        sims, ids = self.index.search(np.ascontiguousarray(queries.reshape(b * cs, dim)), m)
-        return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), w_src, w_dst, k, exclude)
-
     def recommend(self, user: int, k: int, weight_set: str = "all", exclude_seen=True) -> CandidateSet:
         """Round-robin mixture retrieval for one user (``exclude_seen``: bool or relation names)."""
-        w_src, w_dst = self.weights(weight_set)
-        users = np.array([user], np.int64)
-        excl, extra = None, 0
-        if exclude_seen is not False:
-            indptr, indices = self.seen(None if exclude_seen is True else exclude_seen)
-            excl = csr_rows(indptr, indices, users)
-            extra = int(indptr[user + 1] - indptr[user])
-        c = self.search(self.user_vectors[users], w_src[users], w_dst, k, excl, extra)
-        return from_candidates(c, 0, "mixture")
+        return from_candidates(self.searcher.recommend([user], k, weight_set, exclude_seen), 0, "mixture")
 
     def similar(self, items: np.ndarray, k: int, weight_set: str = "all") -> Candidates:
         """Item-to-item neighbours from the destination embeddings (each item itself excluded)."""
-        _, w_dst = self.weights(weight_set)
-        return self.search(self.item_vectors[items], w_dst[items], w_dst, k, (np.arange(len(items)), items), 1)
+        return self.searcher.similar(items, k, weight_set)
 
     # ----------------------------------------------------------------- validation
     def check(self, query: Query, where: str = "") -> None:
@@ -279,14 +261,12 @@ class Funnel:
 
     def user_index(self, raw) -> int:
         """Dense index of a raw user id (QueryError if unknown)."""
-        ids = self.model.ids[self.model.source_type]
-        lookup = self._cached("user_lookup", lambda: {str(v): i for i, v in enumerate(ids.tolist())})
-        if str(raw) not in lookup:
+        idx = int(self.model.lookup(self.model.source_type).find([raw])[0])
+        if idx < 0:
             raise QueryError("query", "user", f"unknown user id {raw!r}")
-        return lookup[str(raw)]
+        return idx
 
     def item_index(self, raw: Sequence) -> np.ndarray:
         """Dense indices of raw item ids (unknown ids dropped)."""
-        ids = self.model.ids[self.model.target_type]
-        lookup = self._cached("item_lookup", lambda: {str(v): i for i, v in enumerate(ids.tolist())})
-        return np.array([lookup[str(r)] for r in raw if str(r) in lookup], np.int64)
+        idx = self.model.lookup(self.model.target_type).find(list(raw))
+        return idx[idx >= 0]

@@ -13,6 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mixrec.data.split import holdout_mask
 from mixrec.funnel.engine import Funnel
 from mixrec.funnel.query import Query
 from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, train_multitask
@@ -47,20 +48,9 @@ class CandidateLists:
 def holdout_split(src: np.ndarray, dst: np.ndarray, rel: np.ndarray, fraction: float = 0.1,
                   seed: int = 0) -> np.ndarray:
     """Boolean mask of held-out edges: about ``fraction`` of each (user, relation) group, at least one
-    where the group has two or more edges, never the only one."""
-    rng = np.random.default_rng(seed)
-    n = len(src)
+    where the group has two or more edges, never the only one (:func:`mixrec.data.split.holdout_mask`)."""
     group = np.unique(src.astype(np.int64) * (int(rel.max(initial=0)) + 1) + rel, return_inverse=True)[1]
-    order = np.lexsort((rng.random(n), group))
-    g = group[order]
-    starts = np.r_[True, g[1:] != g[:-1]]
-    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-    pos = np.arange(n) - first
-    size = np.bincount(group)[g]
-    take = np.where(size >= 2, np.maximum(1, np.floor(fraction * size)), 0)
-    mask = np.zeros(n, bool)
-    mask[order] = pos < take
-    return mask
+    return holdout_mask(group, fraction, seed, at_least_one=True)
 
 
 def candidate_lists(funnel: Funnel, query: Query, users: Sequence[int], label_edges: tuple,

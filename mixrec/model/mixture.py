@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import torch
 
 from mixrec.config import Config
+from mixrec.csr import csr_from_pairs
 from mixrec.data.dataset import Dataset, Relation, _id_array
+from mixrec.ids import IdLookup
 from mixrec.io import load_array, save_array, save_json, sha256
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 
@@ -31,6 +33,7 @@ class MixtureModel:
     info: dict = field(default_factory=dict)
     path: Path | None = None
     _seen_cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lookups: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- creation
     @classmethod
@@ -90,6 +93,12 @@ class MixtureModel:
         return pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
                     dims=ALL_DIMS)
 
+    def lookup(self, entity_type: str) -> IdLookup:
+        """Raw id -> dense index of one entity type (built once)."""
+        if entity_type not in self._lookups:
+            self._lookups[entity_type] = IdLookup(self.ids[entity_type])
+        return self._lookups[entity_type]
+
     def seen(self, relations: list[str] | None = None, *, source_type: str | None = None,
              target_type: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """CSR (indptr, indices) of each source's training destinations of one type pair; cached.
@@ -121,41 +130,22 @@ class MixtureModel:
             pair = list(relations)
         keep = np.isin(rel, [self.relation_code(r) for r in pair])
         src, dst = src[keep], dst[keep]
-        n = self.num(s_t)
-        order = np.lexsort((dst, src))
-        indptr = np.zeros(n + 1, dtype=np.int64)
-        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
-        return indptr, dst[order].astype(np.int64)
+        return csr_from_pairs(src, dst, self.num(s_t), dedupe=False)
 
     # ----------------------------------------------------------------- storage
     def save(self, path: str | Path) -> Path:
         """Write the model directory (each file atomically; ``model.json`` last)."""
         path = Path(path)
         (path / "embeddings").mkdir(parents=True, exist_ok=True)
-        (path / "ids").mkdir(exist_ok=True)
         for t, tab in self.tables.items():
             save_array(path / "embeddings" / f"{t}.npy", normalize(tab).numpy().astype(np.float32))
-            tmp = path / "ids" / f".{t}.parquet.tmp"
-            pq.write_table(pa.table({"id": _id_array(self.ids[t])}), tmp)
-            tmp.replace(path / "ids" / f"{t}.parquet")
-        for name, per_type in self.weights.items():
-            (path / "weights" / name).mkdir(parents=True, exist_ok=True)
-            for t, w in per_type.items():
-                save_array(path / "weights" / name / f"{t}.npy", w.astype(np.float32))
+            ids = _id_array(self.ids[t])
+            write_ids(path, t, [ids], ids.type)
         (path / "train").mkdir(exist_ok=True)
         for k, v in self.train_edges.items():
             save_array(path / "train" / f"{k}.npy", v.astype(np.int64))
-        self.config.save(path / "config.toml")
-        files = sorted(p for p in path.rglob("*") if p.is_file() and _is_artifact(path, p))
-        meta = {
-            "format": MODEL_FORMAT,
-            "entities": {t: {"count": self.num(t), "components": self.components(t)} for t in self.tables},
-            "relations": [r.__dict__ for r in self.relations],
-            "weight_sets": {n: sorted(w) for n, w in self.weights.items()},
-            "info": self.info,
-            "checksums": {str(p.relative_to(path)): sha256(p) for p in files},
-        }
-        save_json(path / "model.json", meta)
+        write_manifest(path, self.config, {t: (self.num(t), self.components(t)) for t in self.tables},
+                       self.relations, self.weights, self.info)
         self.path = path
         return path
 
@@ -185,6 +175,36 @@ class MixtureModel:
         train = {k: load_array(path / "train" / f"{k}.npy") for k in ("src", "dst", "rel")}
         return cls(config=config, tables=tables, relations=[Relation(**r) for r in meta["relations"]], ids=ids,
                    weights=weights, train_edges=train, info=meta.get("info", {}), path=path)
+
+
+def write_ids(path: Path, entity_type: str, blocks, id_type: pa.DataType) -> None:
+    """``ids/<type>.parquet`` (column ``id``) from blocks of raw ids, written aside and renamed into place."""
+    tmp = path / "ids" / f".{entity_type}.parquet.tmp"
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with pq.ParquetWriter(tmp, pa.schema([("id", id_type)])) as writer:
+        for block in blocks:
+            writer.write_table(pa.table({"id": block}))
+    tmp.replace(path / "ids" / f"{entity_type}.parquet")
+
+
+def write_manifest(path: Path, config: Config, entities: dict[str, tuple[int, int]], relations: list[Relation],
+                   weights: dict[str, dict[str, np.ndarray]], info: dict) -> None:
+    """Finish a model directory whose embeddings, ids and training edges are written: the weight sets,
+    ``config.toml`` and, last, ``model.json`` with the checksum of every artifact. Every trainer ends here."""
+    for name, per_type in weights.items():
+        (path / "weights" / name).mkdir(parents=True, exist_ok=True)
+        for t, w in per_type.items():
+            save_array(path / "weights" / name / f"{t}.npy", w.astype(np.float32))
+    config.save(path / "config.toml")
+    files = sorted(p for p in path.rglob("*") if p.is_file() and _is_artifact(path, p))
+    save_json(path / "model.json", {
+        "format": MODEL_FORMAT,
+        "entities": {t: {"count": n, "components": c} for t, (n, c) in entities.items()},
+        "relations": [r.__dict__ for r in relations],
+        "weight_sets": {n: sorted(w) for n, w in weights.items()},
+        "info": info,
+        "checksums": {str(p.relative_to(path)): sha256(p) for p in files},
+    })
 
 
 def _is_artifact(root: Path, p: Path) -> bool:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from mixrec.config import Config
 from mixrec.data.dataset import EDGES, MANIFEST, SPLITS, Dataset, Relation, _id_array
+from mixrec.train.sampler import degree_term
 
 CHUNK = 1 << 20  # edges per chunk read from edges.parquet
 Chunk = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # src, dst, rel (int64), weight (float32)
@@ -95,7 +96,7 @@ class GraphSource:
         for src, dst, rel, _ in self.train_chunks():
             for c in np.flatnonzero(expo).tolist():
                 m = rel == c
-                total[c] += _degree_term(deg[c], expo[c], src[m], dst[m]).sum()
+                total[c] += degree_term(*deg[c], expo[c], src[m], dst[m]).sum()
                 count[c] += m.sum()
         for c in np.flatnonzero(expo).tolist():
             mean = total[c] / max(count[c], 1)
@@ -107,9 +108,5 @@ def _constant(w: float) -> Scale:
     return lambda s, d: np.float64(w)
 
 
-def _degree_term(deg: tuple[np.ndarray, np.ndarray], x: float, s: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return (deg[0][s].astype(np.float64) * deg[1][d]) ** (-x)
-
-
 def _degree_scale(w: float, deg: tuple[np.ndarray, np.ndarray], x: float, mean: float) -> Scale:
-    return lambda s, d: w * _degree_term(deg, x, s, d) / mean
+    return lambda s, d: w * degree_term(*deg, x, s, d) / mean

@@ -13,13 +13,11 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from mixrec.io import save_array, save_json, sha256
 from mixrec.model.functional import normalize, product
-from mixrec.model.mixture import MODEL_FORMAT, _is_artifact
-from mixrec.weights import OnlineWeights, component_logits
+from mixrec.model.mixture import write_ids, write_manifest
+from mixrec.weights import OnlineWeights, component_logits, group_weight_sets
 
 if TYPE_CHECKING:  # pragma: no cover
     from mixrec.train.partitioned import PartitionedTrainer
@@ -62,28 +60,11 @@ def export_model(trainer: "PartitionedTrainer", out: Path) -> Path:
         with npy_writer(out / "embeddings" / f"{t}.npy", np.float32, (n, cfg.components_of(t), cfg.dim)) as w:
             for p in range(cfg.partitions_of(t)):
                 w(normalize(torch.from_numpy(np.array(store.read(t, p)))).numpy())
-        tmp = out / "ids" / f".{t}.parquet.tmp"
-        tmp.parent.mkdir(exist_ok=True)
-        with pq.ParquetWriter(tmp, pa.schema([("id", _id_type(src, t))])) as writer:
-            for block in src.ids(t):
-                writer.write_table(pa.table({"id": block}))
-        tmp.replace(out / "ids" / f"{t}.parquet")
-    weights = _weight_sets(trainer)
-    for name, per_type in weights.items():
-        for t, w in per_type.items():
-            save_array(out / "weights" / name / f"{t}.npy", w)
+        write_ids(out, t, src.ids(t), _id_type(src, t))
     _write_train_edges(trainer, out / "train")
-    cfg.save(out / "config.toml")
-    files = sorted(p for p in out.rglob("*") if p.is_file() and _is_artifact(out, p))
-    save_json(out / "model.json", {
-        "format": MODEL_FORMAT,
-        "entities": {t: {"count": n, "components": cfg.components_of(t)} for t, n in src.entities.items()},
-        "relations": [r.__dict__ for r in src.relations],
-        "weight_sets": {name: sorted(w) for name, w in weights.items()},
-        "info": {"history": trainer.history, "edges": src.n_train, "best_epoch": None,
-                 "partitions": {t: cfg.partitions_of(t) for t in src.entities}},
-        "checksums": {str(p.relative_to(out)): sha256(p) for p in files},
-    })
+    write_manifest(out, cfg, {t: (n, cfg.components_of(t)) for t, n in src.entities.items()}, src.relations,
+                   _weight_sets(trainer), {"history": trainer.history, "edges": src.n_train, "best_epoch": None,
+                                           "partitions": {t: cfg.partitions_of(t) for t in src.entities}})
     return out
 
 
@@ -104,18 +85,9 @@ def _write_train_edges(trainer: "PartitionedTrainer", root: Path) -> None:
 def _weight_sets(trainer: "PartitionedTrainer") -> dict[str, dict[str, np.ndarray]]:
     """Eq. 5 for every configured weight set, one streaming pass over the buckets per set."""
     src, cfg = trainer.source, trainer.config
-    names = [r.name for r in src.relations]
-    out = {}
-    for name, ws in cfg.weight_sets.items():
-        codes = [names.index(r) for r in (ws.relations or names)]
-        acc: dict[str, OnlineWeights] = {}  # per type: eq. 5 sums over every edge of a node, whatever the pair
-        for pair in sorted({(src.relations[c].source_type, src.relations[c].target_type) for c in codes}):
-            for t in pair:
-                acc.setdefault(t, OnlineWeights(src.entities[t], cfg.components_of(t)))
-            pair_codes = [c for c in codes if (src.relations[c].source_type, src.relations[c].target_type) == pair]
-            _pair_weights(trainer, pair, pair_codes, ws.gamma, ws.form, (acc[pair[0]], acc[pair[1]]))
-        out[name] = {t: a.result() for t, a in acc.items()}
-    return out
+    return group_weight_sets(cfg, src.relations, lambda t: (src.entities[t], cfg.components_of(t)),
+                             lambda pair, codes, gamma, form, accs: _pair_weights(trainer, pair, codes, gamma,
+                                                                                  form, accs))
 
 
 def _pair_weights(trainer: "PartitionedTrainer", pair: tuple[str, str], codes: list[int], gamma: float,

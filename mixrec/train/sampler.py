@@ -29,14 +29,20 @@ class TrainingEdges:
         return int(sum(len(s) for s in self.src))
 
 
+def degree_term(deg_src: np.ndarray, deg_dst: np.ndarray, exponent: float, src: np.ndarray,
+                dst: np.ndarray) -> np.ndarray:
+    """(deg_s * deg_d)^-exponent per edge: omega(e)'s degree factor before its normalisation to mean 1."""
+    return (deg_src[src].astype(np.float64) * deg_dst[dst]) ** (-exponent)
+
+
 def edge_weights(edges: Edges, rel_cfg_weight: float, degree_exponent: float,
                  n_src: int, n_dst: int) -> np.ndarray:
-    """omega(e) = task weight * input weight * (deg_s * deg_d)^-exponent, the degree term normalised to mean 1."""
+    """omega(e) = task weight * input weight * (deg_s * deg_d)^-exponent, the degree term normalised to mean 1
+    (:meth:`mixrec.train.graph_source.GraphSource.weight_scale` streams the same factor)."""
     w = edges.weight.astype(np.float64) * rel_cfg_weight
     if degree_exponent:
-        ds = np.bincount(edges.src, minlength=n_src)[edges.src]
-        dd = np.bincount(edges.dst, minlength=n_dst)[edges.dst]
-        f = (ds.astype(np.float64) * dd) ** (-degree_exponent)
+        f = degree_term(np.bincount(edges.src, minlength=n_src), np.bincount(edges.dst, minlength=n_dst),
+                        degree_exponent, edges.src, edges.dst)
         w = w * f / f.mean()
     return w.astype(np.float32)
 

@@ -1,0 +1,179 @@
+"""The retrieval core: one round-robin searcher from a source entity type to a target type over a component index."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from mixrec.config import IndexConfig
+from mixrec.csr import csr_rows
+from mixrec.index import ComponentIndex, same_build
+
+@dataclass
+class Candidates:
+    """Retrieved items per query row, best first; -1 / 0 pads rows with fewer than k."""
+
+    items: np.ndarray  # (B, k) int64
+    scores: np.ndarray  # (B, k) float32: max_c w_sc / rank
+    components: np.ndarray  # (B, k) int64: the source component that won
+
+
+def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
+                      exclude: tuple[np.ndarray, np.ndarray] | None = None) -> Candidates:
+    """Merge per-component neighbour lists as in section 3.5.
+
+    ``sims``/``ids`` (B, C_s, M): each source component's M nearest destination components (flat id
+    ``d * C_d + l``, -1 if missing). alpha(c, d) = sum_l w_dl * sim (0 where not found); rank r(c, d)
+    per component by alpha descending; final score max_c w_sc / r(c, d); top ``k`` per row. ``exclude``
+    = (rows, items) pairs removed before ranking. Ties: higher alpha, then lower item id.
+    """
+    b, cs, m = ids.shape
+    n, cd = w_dst.shape
+    flat_ids = ids.reshape(-1)
+    valid = flat_ids >= 0
+    row = np.repeat(np.arange(b * cs, dtype=np.int64), m)[valid]
+    fid = flat_ids[valid]
+    item = fid // cd
+    alpha = w_dst[item, fid % cd].astype(np.float64) * sims.reshape(-1)[valid]
+    key = row * n + item
+    ukey, inv = np.unique(key, return_inverse=True)
+    agg = np.bincount(inv.reshape(-1), weights=alpha, minlength=len(ukey))
+    urow, uitem = ukey // n, ukey % n
+    ubatch = urow // cs
+    if exclude is not None and len(exclude[0]):
+        keep = ~np.isin(ubatch * n + uitem, np.asarray(exclude[0], np.int64) * n + exclude[1])
+        urow, uitem, ubatch, agg = urow[keep], uitem[keep], ubatch[keep], agg[keep]
+    order = np.lexsort((uitem, -agg, urow))
+    urow, uitem, ubatch, agg = urow[order], uitem[order], ubatch[order], agg[order]
+    first = np.searchsorted(urow, urow, side="left")
+    rank = np.arange(len(urow)) - first + 1
+    comp = urow % cs
+    score = w_src[ubatch, comp].astype(np.float64) / rank
+    order = np.lexsort((uitem, -agg, -score, ubatch))
+    ubatch, uitem, score, comp = ubatch[order], uitem[order], score[order], comp[order]
+    pair = ubatch * n + uitem
+    _, first_of_pair = np.unique(pair, return_index=True)  # best occurrence of each (row, item)
+    first_of_pair.sort()
+    ubatch, uitem, score, comp = (a[first_of_pair] for a in (ubatch, uitem, score, comp))
+    start = np.searchsorted(ubatch, ubatch, side="left")
+    pos = np.arange(len(ubatch)) - start
+    top = pos < k
+    out = Candidates(np.full((b, k), -1, np.int64), np.zeros((b, k), np.float32), np.full((b, k), -1, np.int64))
+    out.items[ubatch[top], pos[top]] = uitem[top]
+    out.scores[ubatch[top], pos[top]] = score[top]
+    out.components[ubatch[top], pos[top]] = comp[top]
+    return out
+
+
+def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
+    """The model directory's saved index for this config, or a fresh one (saved when the model has a path)."""
+    path = None
+    if model.path is not None:
+        path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
+        if path.is_file():
+            n_items, _, saved = ComponentIndex.read_meta(path)
+            if same_build(saved, config) and n_items == model.num(target_type):
+                # search-time parameters (efSearch, nprobe) and the device need no rebuild
+                return ComponentIndex.load(path, config)
+    idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
+    if path is not None:
+        path.parent.mkdir(exist_ok=True)
+        idx.save(path)
+    return idx
+
+
+SeenFn = Callable[[Sequence[str] | None], tuple[np.ndarray, np.ndarray]]
+
+
+def exclusion(seen: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """(row position, item) pairs to exclude for ``rows`` of a seen-items CSR, and the longest row's length."""
+    indptr, indices = seen
+    return csr_rows(indptr, indices, rows), int((indptr[rows + 1] - indptr[rows]).max(initial=0))
+
+
+class Searcher:
+    """Round-robin KNN (section 3.5) from ``source_type`` to ``target_type`` of a model, over one index.
+
+    Weight sets are materialised once, on first use, and cached; ``seen`` (default ``model.seen``) gives
+    the CSR of each source's already-seen targets, optionally restricted to some relations.
+    """
+
+    def __init__(self, model, index: ComponentIndex, source_type: str | None = None,
+                 target_type: str | None = None, seen: SeenFn | None = None):
+        self.model, self.index = model, index
+        self.source_type = source_type or model.source_type
+        self.target_type = target_type or model.target_type
+        self.source_vectors = model.vectors(self.source_type).numpy()
+        self.target_vectors = model.vectors(self.target_type).numpy()
+        self.seen = seen or (lambda rels: model.seen(rels, source_type=self.source_type,
+                                                      target_type=self.target_type))
+        self._weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    @classmethod
+    def for_model(cls, model, index_config=None, source_type: str | None = None, target_type: str | None = None,
+                  index: ComponentIndex | None = None, seen: SeenFn | None = None) -> "Searcher":
+        """A searcher over the model's saved index for ``index_config`` (built, and saved, when missing)."""
+        t_type = target_type or model.target_type
+        index = index or load_or_build_index(model, t_type, index_config or model.config.index)
+        return cls(model, index, source_type, t_type, seen)
+
+    @property
+    def weight_sets(self) -> list[str]:
+        """The model's weight set names (``all`` alone, uniform, when it has none)."""
+        return sorted(self.model.weights) or ["all"]
+
+    def weights(self, weight_set: str = "all") -> tuple[np.ndarray, np.ndarray]:
+        """(w_source (N_s, C_s), w_target (N_d, C_d)) of a weight set, cached; KeyError names the sets."""
+        if weight_set not in self._weights:
+            if self.model.weights and weight_set not in self.model.weights:
+                raise KeyError(f"unknown weight set {weight_set!r}; this model has {self.weight_sets}")
+            m = self.model
+            self._weights[weight_set] = (m.mixture_weights(self.source_type, weight_set),
+                                         m.mixture_weights(self.target_type, weight_set))
+        return self._weights[weight_set]
+
+    def search(self, queries: np.ndarray, w_src: np.ndarray, k: int,
+               exclude: tuple[np.ndarray, np.ndarray] | None = None, extra: int = 0,
+               weight_set: str = "all") -> Candidates:
+        """Round-robin for query mixtures (B, C_s, n) with weights (B, C_s); ``exclude`` = (row, item) pairs,
+        ``extra`` = how many more neighbours per component to fetch so that ``k`` survive the exclusion."""
+        b, cs, dim = queries.shape
+        m = min((k + extra) * self.index.components, self.index.size)
+        sims, ids = self.index.search(np.ascontiguousarray(queries.reshape(b * cs, dim)), m)
+        w_dst = self.weights(weight_set)[1]
+        return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), w_src, w_dst, k, exclude)
+
+    def recommend(self, users: Sequence[int] | np.ndarray, k: int, weight_set: str = "all",
+                  exclude_seen: bool | Sequence[str] = True) -> Candidates:
+        """Top ``k`` targets for dense source indices; ``exclude_seen`` = True (every relation between the two
+        types), False, or the relation names whose seen targets are excluded. Between two nodes of one type
+        the query itself is always excluded."""
+        users = np.asarray(users, dtype=np.int64)
+        excl, extra = None, 0
+        if exclude_seen is not False:
+            excl, extra = exclusion(self.seen(None if exclude_seen is True else list(exclude_seen)), users)
+        if self.source_type == self.target_type:  # user->user, item->item: never the query itself
+            rows, cols = excl if excl is not None else (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            excl, extra = (np.r_[rows, np.arange(len(users))], np.r_[cols, users]), extra + 1
+        return self.search(self.source_vectors[users], self.weights(weight_set)[0][users], k, excl, extra,
+                           weight_set)
+
+    def similar(self, items: Sequence[int] | np.ndarray, k: int, weight_set: str = "all") -> Candidates:
+        """Target-to-target neighbours: each target's own components and weights as the query (itself excluded)."""
+        items = np.asarray(items, dtype=np.int64)
+        w_dst = self.weights(weight_set)[1]
+        return self.search(self.target_vectors[items], w_dst[items], k, (np.arange(len(items)), items), 1,
+                           weight_set)
+
+    def from_vectors(self, vectors: np.ndarray, w_src: np.ndarray, k: int, weight_set: str = "all",
+                     histories: Sequence[np.ndarray] | None = None) -> Candidates:
+        """Round-robin for new (e.g. folded-in) sources; ``histories`` (one array of dense targets per row)
+        are excluded from each row's candidates when given."""
+        if histories is None:
+            return self.search(vectors, w_src, k, None, 0, weight_set)
+        hist = [np.asarray(h, np.int64) for h in histories]
+        excl = (np.repeat(np.arange(len(hist)), [len(h) for h in hist]),
+                np.concatenate(hist) if hist else np.zeros(0, np.int64))
+        return self.search(vectors, w_src, k, excl, max((len(h) for h in hist), default=0), weight_set)
