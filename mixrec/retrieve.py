@@ -1,6 +1,7 @@
 """Round-robin KNN retrieval (section 3.5): per-component searches merged by max_c w_sc / rank."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -10,8 +11,10 @@ import pyarrow as pa
 
 from mixrec.config import IndexConfig
 from mixrec.evaluate.exact import csr_rows
-from mixrec.index import ComponentIndex, same_build
+from mixrec.index import ComponentIndex, IndexFileError, embeddings_digest, same_build
 from mixrec.progress import progress_bar
+
+log = logging.getLogger("mixrec.retrieve")
 
 
 @dataclass
@@ -149,18 +152,36 @@ class Retriever:
 def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
     """The model directory's saved index for this config, or a fresh one (saved when the model has a path)."""
     path = None
+    vectors = model.vectors(target_type).numpy()
+    digest = embeddings_digest(vectors)
     if model.path is not None:
         path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
         if path.is_file():
-            n_items, _, saved = ComponentIndex.read_meta(path)
-            if same_build(saved, config) and n_items == model.num(target_type):
-                # search-time parameters (efSearch, nprobe) and the device need no rebuild
-                return ComponentIndex.load(path, config)
-    idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
+            saved = _saved_index(path, config, digest)
+            if saved is not None:
+                return saved
+    idx = ComponentIndex.build(vectors, config)
     if path is not None:
         path.parent.mkdir(exist_ok=True)
-        idx.save(path)
+        idx.save(path, embeddings=digest)
     return idx
+
+
+def _saved_index(path: Path, config: IndexConfig, digest: str) -> ComponentIndex | None:
+    """The saved index at ``path`` when it was built with ``config``'s build parameters from exactly the
+    embeddings ``digest`` names and its file is intact; None (with a warning saying why) otherwise."""
+    try:
+        meta = ComponentIndex.read_sidecar(path)
+        if not same_build(IndexConfig(**meta["config"]), config):
+            return None  # another build (hnsw_m, nlist...): rebuilt quietly, as configured
+        if meta.get("embeddings_sha256") != digest:
+            log.warning("%s: built from other embeddings than the model's (retrained since?); rebuilding it", path)
+            return None
+        # search-time parameters (efSearch, nprobe) and the device need no rebuild
+        return ComponentIndex.load(path, config)
+    except IndexFileError as e:
+        log.warning("%s; rebuilding it", e)
+        return None
 
 
 def _arr(values: np.ndarray) -> pa.Array:

@@ -12,7 +12,7 @@ import torch
 
 from mixrec.config import Config
 from mixrec.data.dataset import Dataset, Relation, _id_array
-from mixrec.io import load_array, save_array, save_json, sha256
+from mixrec.io import discard_dir, load_array, save_array, save_json, sha256
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 
 MODEL_FORMAT = 1
@@ -112,6 +112,7 @@ class MixtureModel:
     def save(self, path: str | Path) -> Path:
         """Write the model directory (each file atomically; ``model.json`` last)."""
         path = Path(path)
+        discard_dir(path / "index")  # an index of the embeddings this save replaces would be stale
         (path / "embeddings").mkdir(parents=True, exist_ok=True)
         (path / "ids").mkdir(exist_ok=True)
         for t, tab in self.tables.items():
