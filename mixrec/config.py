@@ -19,7 +19,7 @@ from mixrec.registry import INDEX_BACKENDS, LOSSES, POOLINGS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # floats finite
 
 
 class RelationConfig(_Strict):

@@ -1,15 +1,24 @@
 """Silent wrong answers refused: stale or tampered indexes, non-finite configs and losses, unknown config
 keys, ingest over foreign folders, unverified models, and bad inputs that must name their file."""
+import json
 import logging
 import shutil
 
 import numpy as np
 import pytest
 
+import importlib
+from mixrec.config import Config, ConfigError, RelationConfig, WeightSetConfig
 from mixrec.index import ComponentIndex
+from mixrec.io import sha256
 from mixrec.model import MixtureModel
 from mixrec.retrieve import Retriever
+from mixrec.serve.state import Snapshot
 from mixrec.train import train
+from mixrec.train.sampler import training_edges
+from mixrec.train.trainer import TrainingDiverged
+
+trainer_mod = importlib.import_module("mixrec.train.trainer")
 from tests.conftest import small_config
 
 
@@ -54,3 +63,79 @@ def test_a_stale_index_is_rebuilt_not_reused(planted, retrained, tmp_path, caplo
     # and the rebuilt index is saved and reused from then on
     again = Retriever(MixtureModel.load(tmp_path / "m")).recommend(np.arange(model.num(model.source_type)), 10).items
     np.testing.assert_array_equal(again, got)
+
+
+# ------------------------------------------------------------------ item 2: non-finite values
+FLOAT_KEYS = ["lr", "margin", "temperature", "gamma", "theta", "init_scale", "weight_sets.all.gamma",
+              "relations.click.weight", "relations.click.degree_exponent"]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", ".inf", ".nan"])
+def test_non_finite_config_values_are_refused_naming_the_field(key, value):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        Config().with_overrides([f"{key}={value}"])
+
+
+def test_config_floats_are_all_covered():
+    """Every float field of the schema is in FLOAT_KEYS (or a new one must be added there)."""
+    def floats(model, prefix):
+        for name, f in model.model_fields.items():
+            if f.annotation is float:
+                yield prefix + name
+    found = set(floats(Config, "")) | {"weight_sets.all." + k for k in floats(WeightSetConfig, "")} | \
+        {"relations.click." + k for k in floats(RelationConfig, "")}
+    assert found == set(FLOAT_KEYS)
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_writes_no_model(planted, tmp_path):
+    ds, _ = planted
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, batch 1\b.*temperature"):
+        train(ds, small_config(2, temperature=1e-40), tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_divergence_keeps_the_last_good_checkpoint(planted, tmp_path, monkeypatch):
+    """Epoch 2 turns the tables to NaN at its 3rd batch: the checkpoint stays the one after epoch 1,
+    equal to a run of 1 epoch (the oracle), and no model is written."""
+    ds, _ = planted
+    good = train(ds, small_config(1), tmp_path / "one", progress=False)
+    real = trainer_mod.train_step
+    calls = {"n": 0, "per_epoch": None}
+
+    def poisoned(batch, tables, states, cfg):
+        calls["n"] += 1
+        loss = real(batch, tables, states, cfg)
+        if calls["per_epoch"] is not None and calls["n"] == calls["per_epoch"] + 3:
+            for t in tables.values():
+                t.fill_(float("nan"))
+            return float("nan")
+        return loss
+
+    calls["per_epoch"] = sum(1 for _ in trainer_mod.make_batches(training_edges(ds, small_config(2)), small_config(2), 0))
+    monkeypatch.setattr(trainer_mod, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"epoch 2, batch 3\b"):
+        train(ds, small_config(2), tmp_path / "m", progress=False)
+    assert not (tmp_path / "m" / "model.json").exists()
+    state = json.loads((tmp_path / "m" / "checkpoint" / "state.json").read_text())
+    assert state["epochs_done"] == 1
+    for t in good.tables:
+        ck = np.load(tmp_path / "m" / "checkpoint" / f"{t}.npy")
+        one = np.load(tmp_path / "one" / "checkpoint" / f"{t}.npy")
+        np.testing.assert_array_equal(ck, one)
+
+
+def test_loading_a_model_with_non_finite_embeddings_is_refused(planted, tmp_path):
+    ds, _ = planted
+    train(ds, small_config(1), tmp_path / "m", progress=False)
+    emb = tmp_path / "m" / "embeddings" / "item.npy"
+    arr = np.load(emb)
+    arr[3, 0, 1] = np.nan
+    np.save(emb, arr)
+    meta = json.loads((tmp_path / "m" / "model.json").read_text())
+    meta["checksums"]["embeddings/item.npy"] = sha256(emb)  # checksums pass: the values themselves are refused
+    (tmp_path / "m" / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"item\.npy.*non-finite"):
+        MixtureModel.load(tmp_path / "m")
+    with pytest.raises(ValueError, match=r"item\.npy.*non-finite"):
+        Snapshot.load(tmp_path / "m")

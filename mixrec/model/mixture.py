@@ -160,6 +160,10 @@ class MixtureModel:
         config = Config.load(path / "config.toml")
         tables = {t: torch.from_numpy(np.array(load_array(path / "embeddings" / f"{t}.npy")))
                   for t in meta["entities"]}
+        for t, tab in tables.items():
+            if not torch.isfinite(tab).all():
+                raise ValueError(f"{path / 'embeddings' / f'{t}.npy'}: {int((~torch.isfinite(tab)).sum())} non-finite "
+                                 "values (a diverged training run?); retrain the model")
         ids = {t: pq.read_table(path / "ids" / f"{t}.parquet").column("id").to_numpy(zero_copy_only=False)
                for t in meta["entities"]}
         weights = {n: {t: load_array(path / "weights" / n / f"{t}.npy") for t in types}

@@ -27,6 +27,10 @@ CHECKPOINT = "checkpoint"
 RESUMABLE = {"epochs", "workers", "early_stopping", "eval_every", "device", "compile"}  # keys a resume may change
 
 
+class TrainingDiverged(ValueError):
+    """The loss became non-finite: training stopped, the last checkpoint is that of the last good epoch."""
+
+
 @dataclass
 class TrainEvent:
     """What a callback sees: ``kind`` is 'batch' or 'epoch'."""
@@ -71,6 +75,7 @@ class Trainer:
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 loss = pool.run_epoch(epoch) if pool else self._run_epoch(epoch)
+                check_loss(loss, epoch, None, cfg)
                 secs = time.perf_counter() - t0
                 rec = {"epoch": epoch + 1, "loss": loss / max(self.edges.total, 1),
                        "edges_per_s": self.edges.total / max(secs, 1e-9), "seconds": secs}
@@ -101,6 +106,7 @@ class Trainer:
         with on_device(self.model.tables, self.states, self.device) as (tables, states):
             for i, batch in enumerate(make_batches(self.edges, self.config, epoch)):
                 loss = train_step(batch, tables, states, self.config)
+                check_loss(loss, epoch, i, self.config)
                 total += loss
                 bar.update(len(batch.src))
                 if i % 20 == 0:
@@ -167,6 +173,17 @@ class Trainer:
         self.history = state["history"]
         self.start_epoch = state["epochs_done"]
         log.info("resuming after epoch %d from %s", self.start_epoch, ck)
+
+
+def check_loss(loss: float, epoch: int, batch: int | None, config: Config) -> None:
+    """Raise :class:`TrainingDiverged` naming the (0-based) ``epoch`` and ``batch`` when ``loss`` is not finite."""
+    if np.isfinite(loss):
+        return
+    where = f"epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
+    raise TrainingDiverged(
+        f"training diverged: loss {loss} at {where}; no model was written and the checkpoint (if any) holds "
+        f"the last good epoch. Lower lr (now {config.lr}) or raise temperature (now {config.temperature}) "
+        f"/ gamma (now {config.gamma})")
 
 
 def train(dataset: Dataset | str | Path, config: Config | None = None, out: str | Path | None = None, *,
