@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import importlib
+from mixrec.cli import main
 from mixrec.config import Config, ConfigError, RelationConfig, WeightSetConfig
+from mixrec.data.ingest import build_dataset
 from mixrec.index import ComponentIndex
 from mixrec.io import sha256
 from mixrec.model import MixtureModel
@@ -139,3 +141,38 @@ def test_loading_a_model_with_non_finite_embeddings_is_refused(planted, tmp_path
         MixtureModel.load(tmp_path / "m")
     with pytest.raises(ValueError, match=r"item\.npy.*non-finite"):
         Snapshot.load(tmp_path / "m")
+
+
+# ------------------------------------------------------------------ item 3: keys naming nothing
+@pytest.mark.parametrize("key, valid", [("components.users", r"\['item', 'user'\]"),
+                                        ("partitions.itme", r"\['item', 'user'\]"),
+                                        ("relations.clik.weight", r"\['click', 'like'\]")])
+def test_config_keys_naming_no_type_or_relation_are_refused(planted, tmp_path, key, valid):
+    ds, _ = planted
+    cfg = small_config(1).with_overrides([f"{key}=2"])
+    with pytest.raises(ConfigError, match=key.split(".")[0] + r"\." + key.split(".")[1] + ".*" + valid):
+        train(ds, cfg, tmp_path / "m", progress=False)
+    ds.save(tmp_path / "data")
+    with pytest.raises(ConfigError, match=valid):  # from a dataset directory too
+        train(tmp_path / "data", cfg, tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_refuses_a_typo_in_components(planted, tmp_path, capsys):
+    ds, _ = planted
+    ds.save(tmp_path / "data")
+    rc = main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--set", "components.users=7",
+               "--set", "epochs=1", "--quiet"])
+    assert rc == 2 and "components.users" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_default_components_do_not_block_other_entity_types(tmp_path):
+    """The default components.user / components.item are not the user's keys: a dataset of customers and
+    products trains with the default config, each type with 1 component."""
+    log = {"user_id": [f"c{i % 7}" for i in range(60)], "item_id": [f"p{i % 11}" for i in range(60)]}
+    ds, _ = build_dataset(log, source_type="customer", target_type="product", test_fraction=0.0)
+    model = train(ds, small_config(1).with_overrides({"components": {}}), progress=False)
+    assert model.components("customer") == 1
+    model = train(ds, Config().with_overrides({"epochs": 1, "dim": 4}), progress=False)
+    assert model.components("customer") == 1 and model.components("product") == 1

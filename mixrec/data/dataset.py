@@ -165,6 +165,32 @@ class Dataset:
         return cls(ids=ids, relations=relations, edges=edges, info=manifest.get("info", {}), path=path)
 
 
+def dataset_names(dataset: "Dataset | str | Path") -> tuple[list[str], list[str]]:
+    """(entity types, relation names) of a dataset or a dataset directory (from its manifest alone)."""
+    if isinstance(dataset, Dataset):
+        return dataset.entity_types, [r.name for r in dataset.relations]
+    manifest = read_manifest(Path(dataset))
+    return list(manifest["entities"]), [r["name"] for r in manifest["relations"]]
+
+
+def read_manifest(path: Path) -> dict:
+    """A dataset directory's manifest; errors name the file and say what to do."""
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path}: not a mixrec dataset (no {MANIFEST}); create one with `mixrec ingest`")
+    try:
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        for key in ("entities", "relations"):
+            if key not in manifest:
+                raise ValueError(f"no {key!r} entry")
+        [Relation(**r) for r in manifest["relations"]]
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mpath}: broken manifest ({e}); re-run `mixrec ingest` to rewrite the dataset") from None
+    return manifest
+
+
 def _empty_edges() -> Edges:
     z = np.zeros(0, dtype=np.int64)
     return Edges(z, z.copy(), z.copy(), np.zeros(0, dtype=np.float32))

@@ -13,7 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from mixrec.config import Config
-from mixrec.data.dataset import Dataset
+from mixrec.data.dataset import Dataset, dataset_names
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
@@ -186,6 +186,11 @@ def check_loss(loss: float, epoch: int, batch: int | None, config: Config) -> No
         f"/ gamma (now {config.gamma})")
 
 
+def check_dataset(dataset: Dataset | str | Path, config: Config) -> None:
+    """Refuse, before anything is written, a config whose keys name no entity type or relation of the dataset."""
+    config.check_names(*dataset_names(dataset))
+
+
 def train(dataset: Dataset | str | Path, config: Config | None = None, out: str | Path | None = None, *,
           resume: bool = False, progress: bool = True, callbacks: Sequence[Callback] = ()) -> MixtureModel:
     """Train a mixture model: ``model = mixrec.train(mixrec.Dataset.load("data/"), Config(), out="model/")``.
@@ -193,6 +198,7 @@ def train(dataset: Dataset | str | Path, config: Config | None = None, out: str 
     With ``partitions.<type> > 1`` in the config, training runs from disk bucket by bucket
     (:mod:`mixrec.train.partitioned`); a dataset directory is then streamed, never loaded whole.
     """
+    check_dataset(dataset, config or Config())
     if config is not None and config.partitioned:
         from mixrec.train.partitioned import train_partitioned
         return train_partitioned(dataset, config, out, resume=resume, progress=progress)
