@@ -38,6 +38,8 @@ def _add_ingest(sub) -> None:
     p.add_argument("--relation", default="interaction", help="relation name when there is no relation column")
     p.add_argument("--delimiter", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even when it is not a dataset directory (default: only a dataset or empty folder)")
     p.set_defaults(func=cmd_ingest)
 
 
@@ -47,7 +49,7 @@ def cmd_ingest(a) -> int:
                     weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,
                     test_fraction=a.test_fraction, valid_fraction=a.valid_fraction, seed=a.seed,
                     source_type=a.source_type, target_type=a.target_type, default_relation=a.relation,
-                    delimiter=a.delimiter, progress=False)
+                    delimiter=a.delimiter, overwrite=a.overwrite or None, progress=False)
     print(report.summary())
     return 0
 
@@ -408,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     show_progress_lines()  # one line per epoch/loop when stderr is not a terminal
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mixrec {args.command}: error: {msg}", file=sys.stderr)
         return 2

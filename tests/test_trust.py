@@ -10,7 +10,8 @@ import pytest
 import importlib
 from mixrec.cli import main
 from mixrec.config import Config, ConfigError, RelationConfig, WeightSetConfig
-from mixrec.data.ingest import build_dataset
+from mixrec.data.dataset import Dataset
+from mixrec.data.ingest import build_dataset, ingest
 from mixrec.index import ComponentIndex
 from mixrec.io import sha256
 from mixrec.model import MixtureModel
@@ -176,3 +177,34 @@ def test_default_components_do_not_block_other_entity_types(tmp_path):
     assert model.components("customer") == 1
     model = train(ds, Config().with_overrides({"epochs": 1, "dim": 4}), progress=False)
     assert model.components("customer") == 1 and model.components("product") == 1
+
+
+# ------------------------------------------------------------------ item 4: ingest over a foreign folder
+def _log_csv(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("user_id,item_id\n" + "".join(f"{u},{i}\n" for u in range(5) for i in range(u, u + 4)))
+    return path
+
+
+def test_ingest_refuses_a_folder_that_is_not_a_dataset(tmp_path, capsys):
+    log_path = _log_csv(tmp_path)
+    out = tmp_path / "notes"
+    out.mkdir()
+    (out / "thesis.txt").write_text("years of work")
+    assert main(["ingest", str(log_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "notes" in err and "--overwrite" in err
+    assert (out / "thesis.txt").read_text() == "years of work"
+    with pytest.raises(FileExistsError, match="overwrite"):
+        ingest(log_path, out)
+    assert sorted(p.name for p in out.iterdir()) == ["thesis.txt"]
+    assert main(["ingest", str(log_path), "--out", str(out), "--overwrite"]) == 0
+    assert (out / "manifest.json").is_file() and not (out / "thesis.txt").exists()
+
+
+def test_ingest_replaces_a_dataset_or_fills_an_empty_folder(tmp_path):
+    log_path = _log_csv(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert main(["ingest", str(log_path), "--out", str(tmp_path / "empty")]) == 0
+    assert main(["ingest", str(log_path), "--out", str(tmp_path / "empty"), "--seed", "3"]) == 0  # a dataset now
+    assert Dataset.load(tmp_path / "empty").info["ingest"]["options"]["seed"] == 3

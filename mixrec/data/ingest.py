@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mixrec.data.dataset import SPLITS, Dataset, Edges, Relation
+from mixrec.data.dataset import MANIFEST, SPLITS, Dataset, Edges, Relation
 from mixrec.data.readers import SOURCES_KEY, IngestError, _require, read_log
 from mixrec.data.split import STRATEGIES, SplitError, make_split
 
@@ -336,25 +336,37 @@ def _check_train(rel: np.ndarray, codes: np.ndarray, rel_names: list[str], origi
     return {name: {s: int(table[r, i]) for i, s in enumerate(SPLITS)} for r, name in enumerate(rel_names)}
 
 
+def _check_out(out: Path, overwrite: bool | None) -> None:
+    """Refuse to replace what is at ``out`` unless allowed (see :func:`ingest`'s ``overwrite``)."""
+    if overwrite or not out.exists():
+        return
+    if overwrite is None and out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        return
+    what = "exists" if overwrite is False else "exists and is not a mixrec dataset directory (no manifest.json)"
+    raise FileExistsError(f"{out} {what}; its content would be replaced: choose another output path, or pass "
+                          "overwrite=True (--overwrite) to replace it")
+
+
 def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_col: str = "user_id",
            target_col: str = "item_id", relation_col: str | None = None, weight_col: str | None = None,
            timestamp_col: str | None = None, split_col: str | None = None, split: str | None = None,
            test_fraction: float = 0.2, valid_fraction: float = 0.0, seed: int = 0,
            source_type: str = "user", target_type: str = "item", default_relation: str = "interaction",
-           delimiter: str | None = None, overwrite: bool = True, progress: bool = True) -> IngestReport:
+           delimiter: str | None = None, overwrite: bool | None = None, progress: bool = True) -> IngestReport:
     """Read interaction logs and write a dataset directory at ``out`` (atomically, only after validation).
 
     ``split`` is one of column/random/temporal/leave-last-out (default: column if ``split_col`` else random);
     ``split_col`` is only read for 'column'. See :func:`build_dataset` for ids, dedup and validation.
     Raises :class:`IngestError` on bad input, leaving any existing ``out`` untouched.
+    ``overwrite``: None (default) replaces an existing dataset directory or fills an empty folder and refuses
+    anything else; True replaces whatever is at ``out``; False refuses any existing ``out``.
     """
     start = time.perf_counter()
     split = split or ("column" if split_col else "random")
     names = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
     _check_options(", ".join(names), split, split_col, timestamp_col, test_fraction, valid_fraction)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    _check_out(out, overwrite)
     wanted = _wanted(source_col, target_col, split, relation_col, weight_col, timestamp_col, split_col)
     table = read_log(paths, columns=wanted, delimiter=delimiter,
                      string_columns=[c for c in (source_col, target_col, relation_col, split_col) if c])
@@ -365,7 +377,7 @@ def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_
         default_relation=default_relation)
     report.seconds = time.perf_counter() - start
     dataset.info = {"ingest": report.to_dict()}  # with the total time, reading included
-    dataset.save(out, overwrite=overwrite)
+    dataset.save(out, overwrite=True)  # _check_out allowed it
     if progress:
         print(report.summary(), file=sys.stderr)
     return report
