@@ -100,6 +100,7 @@ def _add_retrieve(sub) -> None:
                         "and retrieve for them instead of the model's users")
     p.add_argument("--foldin-steps", type=int, default=None, help="Adagrad steps of the fold-in (default 100)")
     p.add_argument("--quiet", action="store_true")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_retrieve)
 
 
@@ -109,7 +110,7 @@ def cmd_retrieve(a) -> int:
     from mixrec.io import atomic_file
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
     r = Retriever(model, a.weights, index_config=icfg)
     if a.history:
@@ -186,19 +187,25 @@ def _lookup(ids: np.ndarray, raw: list[str], where: str) -> np.ndarray:
     return np.array([keys[r] for r in raw], dtype=np.int64)
 
 
+def _add_no_verify(p) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a model whose model.json lists no checksums (its files are not verified)")
+
+
 def _add_similar(sub) -> None:
     p = sub.add_parser("similar", help="item-to-item neighbours from the learned destination embeddings")
     p.add_argument("model")
     p.add_argument("items", nargs="+", help="raw item ids")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--weights", default="all")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_similar)
 
 
 def cmd_similar(a) -> int:
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     r = Retriever(model, a.weights)
     idx = _lookup(model.ids[r.target_type], a.items, "items")
     c = r.similar(idx, a.k)
@@ -224,6 +231,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--label-sep", default="|")
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--json", default=None, help="write the report as JSON")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -242,7 +250,7 @@ def cmd_evaluate(a) -> int:
             save_json(a.json, report)
         return 0
     from mixrec.model import MixtureModel
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     data = Dataset.load(a.data)
     labels = None
     if a.item_labels:

@@ -12,7 +12,7 @@ from mixrec.cli import main
 from mixrec.config import Config, ConfigError, RelationConfig, WeightSetConfig
 from mixrec.data.dataset import Dataset
 from mixrec.data.ingest import build_dataset, ingest
-from mixrec.index import ComponentIndex
+from mixrec.index import ComponentIndex, IndexFileError
 from mixrec.io import sha256
 from mixrec.model import MixtureModel
 from mixrec.retrieve import Retriever
@@ -208,3 +208,59 @@ def test_ingest_replaces_a_dataset_or_fills_an_empty_folder(tmp_path):
     assert main(["ingest", str(log_path), "--out", str(tmp_path / "empty")]) == 0
     assert main(["ingest", str(log_path), "--out", str(tmp_path / "empty"), "--seed", "3"]) == 0  # a dataset now
     assert Dataset.load(tmp_path / "empty").info["ingest"]["options"]["seed"] == 3
+
+
+# ------------------------------------------------------------------ item 5: verification
+@pytest.fixture(scope="module")
+def model_dir(planted, tmp_path_factory):
+    ds, _ = planted
+    root = tmp_path_factory.mktemp("verify")
+    train(ds, small_config(1), root / "m", progress=False)
+    return root / "m"
+
+
+def test_a_model_without_checksums_is_refused_unless_opted_out(model_dir, tmp_path, capsys):
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    meta = json.loads((m / "model.json").read_text())
+    del meta["checksums"]
+    (m / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"model\.json.*no checksums.*verify=False"):
+        MixtureModel.load(m)
+    with pytest.raises(ValueError, match="no checksums"):
+        Snapshot.load(m)
+    assert main(["retrieve", str(m), "--out", str(tmp_path / "c.parquet"), "--quiet"]) == 2
+    assert "--no-verify" in capsys.readouterr().err
+    unverified = MixtureModel.load(m, verify=False)
+    np.testing.assert_array_equal(unverified.tables["item"], MixtureModel.load(model_dir).tables["item"])
+    assert main(["retrieve", str(m), "--out", str(tmp_path / "c.parquet"), "--quiet", "--no-verify"]) == 0
+
+
+def _flip(path, at: float):
+    data = bytearray(path.read_bytes())
+    data[int(len(data) * at)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["flip", "garbage", "no_checksum"])
+def test_a_tampered_or_garbage_index_is_refused_on_load_and_rebuilt_for_retrieval(model_dir, tmp_path, caplog,
+                                                                                   damage):
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    model = MixtureModel.load(m)
+    Retriever(model).recommend([0], 5)  # saves index/
+    path = m / "index" / f"{model.target_type}.flat.faiss"
+    if damage == "flip":
+        _flip(path, 0.6)
+    elif damage == "garbage":
+        path.write_bytes(b"not a faiss index at all" * 10)
+    else:  # an index saved before the sidecar listed checksums
+        side = path.with_suffix(".json")
+        side.write_text(json.dumps({k: v for k, v in json.loads(side.read_text()).items() if k != "sha256"}))
+    with pytest.raises(IndexFileError, match=str(path.name)):
+        ComponentIndex.load(path)
+    with caplog.at_level(logging.WARNING, logger="mixrec"):
+        got = Retriever(MixtureModel.load(m)).recommend(np.arange(model.num(model.source_type)), 10).items
+    assert path.name in caplog.text and "rebuilding" in caplog.text
+    np.testing.assert_array_equal(got, fresh_candidates(model))
+    ComponentIndex.load(path)  # the rebuilt one is intact

@@ -151,8 +151,11 @@ class MixtureModel:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != MODEL_FORMAT:
             raise ValueError(f"{meta_path}: model format {meta.get('format')!r}, expected {MODEL_FORMAT}")
+        if verify and not meta.get("checksums"):
+            raise ValueError(f"{meta_path}: lists no checksums, so the model's files cannot be verified; retrain "
+                             "the model, or load it unverified with verify=False (--no-verify) if you trust it")
         if verify:
-            for rel, digest in meta.get("checksums", {}).items():
+            for rel, digest in meta["checksums"].items():
                 f = path / rel
                 if not f.is_file() or sha256(f) != digest:
                     raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
