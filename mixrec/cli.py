@@ -77,6 +77,9 @@ def cmd_train(a) -> int:
     cfg = _config_from(a)
     if a.device:
         cfg = cfg.with_overrides({"device": a.device})
+    if cfg.epochs == 0:
+        raise ConfigError("epochs=0 would write an untrained model; set epochs >= 1 (the library's train() "
+                          "accepts 0 for an untrained baseline)")
     model = train(a.data, cfg, a.out, resume=a.resume, progress=not a.quiet)
     hist = model.info.get("history", [])
     if hist:

@@ -12,6 +12,7 @@ from mixrec.cli import main
 from mixrec.config import Config, ConfigError, RelationConfig, WeightSetConfig
 from mixrec.data.dataset import Dataset
 from mixrec.data.ingest import build_dataset, ingest
+from mixrec.data.readers import IngestError
 from mixrec.index import ComponentIndex, IndexFileError
 from mixrec.io import sha256
 from mixrec.model import MixtureModel
@@ -264,3 +265,64 @@ def test_a_tampered_or_garbage_index_is_refused_on_load_and_rebuilt_for_retrieva
     assert path.name in caplog.text and "rebuilding" in caplog.text
     np.testing.assert_array_equal(got, fresh_candidates(model))
     ComponentIndex.load(path)  # the rebuilt one is intact
+
+
+# ------------------------------------------------------------------ item 9 (library and CLI parts)
+@pytest.mark.parametrize("column", ["user_id", "item_id"])
+def test_nan_ids_are_refused_naming_row_and_column(column):
+    log = {"user_id": [1.0, 2.0, 3.0, 4.0], "item_id": [5.0, 6.0, 7.0, 8.0]}
+    log[column][2] = float("nan")
+    with pytest.raises(IngestError, match=rf"data row 3, column '{column}'.*NaN"):
+        build_dataset(log, test_fraction=0.0)
+    text = {"user_id": ["a", "b", "c"], "item_id": ["x", "y", "z"]}
+    text[column][1] = "NaN"
+    with pytest.raises(IngestError, match=rf"data row 2, column '{column}'.*NaN"):
+        build_dataset(text, test_fraction=0.0)
+
+
+def test_pairs_in_train_and_test_are_counted_and_warned():
+    log = {"user_id": [1, 1, 2, 2, 3, 3, 3], "item_id": [10, 10, 20, 21, 30, 30, 31],
+           "split": ["train", "test", "train", "test", "train", "test", "valid"]}
+    with pytest.warns(UserWarning, match=r"2 \(user, item\) pairs .* train and in test"):
+        _, report = build_dataset(log, split_col="split")
+    assert report.train_test_pairs == 2  # (1, 10) and (3, 30); (2, 21) and (3, 31) are only held out
+
+
+def test_cli_train_with_zero_epochs_writes_nothing(planted, tmp_path, capsys):
+    ds, _ = planted
+    ds.save(tmp_path / "data")
+    assert main(["train", str(tmp_path / "data"), "--out", str(tmp_path / "m"), "--set", "epochs=0", "--quiet"]) == 2
+    assert "epochs" in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
+def test_a_huge_dim_is_refused_before_allocating(planted, tmp_path):
+    ds, _ = planted
+    with pytest.raises(ConfigError, match=r"dim=100000000.*GiB"):
+        train(ds, small_config(1, dim=100_000_000), tmp_path / "m", progress=False)
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_broken_manifest_is_named(planted, tmp_path):
+    ds, _ = planted
+    ds.save(tmp_path / "d")
+    (tmp_path / "d" / "manifest.json").write_text('{"format": 1, "entities": ')
+    with pytest.raises(ValueError, match=r"manifest\.json"):
+        Dataset.load(tmp_path / "d")
+    with pytest.raises(ValueError, match=r"manifest\.json"):
+        train(tmp_path / "d", small_config(1), progress=False)
+
+
+@pytest.mark.parametrize("at", [0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 0.97, 0.999])
+def test_a_byte_flipped_edges_file_is_named_or_harmless(planted, tmp_path, at):
+    """Oracle: the load either fails naming edges.parquet, or returns exactly the saved edges."""
+    ds, _ = planted
+    ds.save(tmp_path / "d")
+    _flip(tmp_path / "d" / "edges.parquet", at)
+    try:
+        back = Dataset.load(tmp_path / "d")
+    except ValueError as e:
+        assert "edges.parquet" in str(e)
+        return
+    for s, e in ds.edges.items():
+        for f in ("src", "dst", "rel", "weight"):
+            np.testing.assert_array_equal(getattr(back.edges[s], f), getattr(e, f))

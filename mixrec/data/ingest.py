@@ -5,6 +5,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -34,6 +35,7 @@ class IngestReport:
     split: str
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    train_test_pairs: int = 0  # distinct (source, target, relation) in both train and test
 
     def to_dict(self) -> dict:
         """Plain JSON-able form (stored in ``Dataset.info['ingest']``)."""
@@ -105,9 +107,24 @@ def _no_nulls(arr: pa.Array, origin: _Origin, col: str, what: str) -> None:
         raise IngestError(f"{origin.at(row, col)}: empty {what}; every row needs one (remove or fix the row)")
 
 
+def _no_nan(arr: pa.Array, origin: _Origin, col: str) -> None:
+    """Refuse NaN ids (float NaN, or the text 'nan' in any case): a missing value, not an id."""
+    if pa.types.is_floating(arr.type):
+        bad = pc.is_nan(arr)
+    elif pa.types.is_string(arr.type):
+        bad = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(arr)), "nan")
+    else:
+        return
+    row = _first(bad.to_numpy(zero_copy_only=False))
+    if row is not None:
+        raise IngestError(f"{origin.at(row, col)}: id {arr[row].as_py()!r} is NaN, a missing value rather than "
+                          "an id (remove or fix the row)")
+
+
 def _ids(arr: pa.Array, origin: _Origin, col: str) -> pa.Array:
     """Integer ids as int64; text that is all canonical integers becomes int64; anything else text."""
     _no_nulls(arr, origin, col, "id")
+    _no_nan(arr, origin, col)
     if pa.types.is_integer(arr.type):
         return arr.cast(pa.int64())
     if pa.types.is_floating(arr.type) and pc.all(pc.equal(pc.floor(arr), arr)).as_py():
@@ -321,8 +338,23 @@ def build_dataset(table: pa.Table | Mapping[str, Sequence], *, source_col: str =
     report = IngestReport(origin.names, n, n - len(keep), {t: len(v) for t, v in ids.items()},
                           int(np.count_nonzero(np.bincount(src))), int(np.count_nonzero(np.bincount(dst))), counts,
                           split, options, time.perf_counter() - start)
+    report.train_test_pairs = _warn_overlap(edges, origin)
     relations = [Relation(r, source_type, target_type) for r in rel_names]
     return Dataset(ids=ids, relations=relations, edges=edges, info={"ingest": report.to_dict()}), report
+
+
+def _warn_overlap(edges: dict[str, Edges], origin: _Origin) -> int:
+    """Count (and warn about) distinct (source, target, relation) triples in both train and test."""
+    if "train" not in edges or "test" not in edges:
+        return 0
+    def rows(e: Edges) -> np.ndarray:  # one opaque value per (src, dst, rel) row: no overflow on any count
+        return np.unique(np.ascontiguousarray(np.stack([e.src, e.dst, e.rel], 1).astype(np.int64)).view("V24").ravel())
+    n = int(np.isin(rows(edges["test"]), rows(edges["train"])).sum())
+    if n:
+        warnings.warn(f"{origin.label}: {n:,} (user, item) pairs (same relation) are both in train and in test; "
+                      "evaluation with exclude-seen never counts them and without it they leak the answer",
+                      UserWarning, stacklevel=3)
+    return n
 
 
 def _check_train(rel: np.ndarray, codes: np.ndarray, rel_names: list[str], origin: _Origin) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +13,8 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from mixrec.config import Config
-from mixrec.data.dataset import Dataset, dataset_names
+from mixrec.config import Config, ConfigError
+from mixrec.data.dataset import Dataset, dataset_entities, dataset_names
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
@@ -189,6 +190,37 @@ def check_loss(loss: float, epoch: int, batch: int | None, config: Config) -> No
 def check_dataset(dataset: Dataset | str | Path, config: Config) -> None:
     """Refuse, before anything is written, a config whose keys name no entity type or relation of the dataset."""
     config.check_names(*dataset_names(dataset))
+    if not config.partitioned:
+        check_memory(dataset_entities(dataset), config)
+
+
+def check_memory(entities: dict[str, int], config: Config) -> None:
+    """Refuse (naming dim and components) embedding tables that cannot fit in the available memory.
+
+    Estimate: each type's (N, C, dim) float32 table about three times over (the table, its unit-normalised
+    copy for weights and saving, the update buffers), against MemAvailable (or the physical memory).
+    """
+    need = 3 * 4 * sum(n * config.components_of(t) * config.dim for t, n in entities.items())
+    have = available_memory()
+    if have is not None and need > have:
+        sizes = ", ".join(f"{n:,} {t} x {config.components_of(t)}" for t, n in entities.items())
+        raise ConfigError(f"dim={config.dim} with components {sizes} needs about {need / 2**30:,.1f} GiB for the "
+                          f"embedding tables, more than the {have / 2**30:,.1f} GiB available; lower dim or "
+                          "components.*, or train from disk with partitions.<type> > 1")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; else physical memory; None if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def train(dataset: Dataset | str | Path, config: Config | None = None, out: str | Path | None = None, *,
