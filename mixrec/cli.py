@@ -40,6 +40,8 @@ def _add_ingest(sub) -> None:
     p.add_argument("--relation", default="interaction", help="relation name when there is no relation column")
     p.add_argument("--delimiter", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out even when it is not a dataset directory (default: only a dataset or empty folder)")
     p.set_defaults(func=cmd_ingest)
 
 
@@ -55,7 +57,7 @@ def cmd_ingest(a) -> int:
                     weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,
                     test_fraction=a.test_fraction, valid_fraction=a.valid_fraction, seed=a.seed,
                     source_type=a.source_type, target_type=a.target_type, default_relation=a.relation,
-                    delimiter=a.delimiter, progress=False)
+                    delimiter=a.delimiter, overwrite=a.overwrite or None, progress=False)
     print(report.summary())
     return 0
 
@@ -83,6 +85,9 @@ def cmd_train(a) -> int:
     cfg = _config_from(a)
     if a.device:
         cfg = cfg.with_overrides({"device": a.device})
+    if cfg.epochs == 0:
+        raise ConfigError("epochs=0 would write an untrained model; set epochs >= 1 (the library's train() "
+                          "accepts 0 for an untrained baseline)")
     model = train(a.data, cfg, a.out, resume=a.resume, progress=not a.quiet)
     hist = model.info.get("history", [])
     if hist:
@@ -110,6 +115,7 @@ def _add_retrieve(sub) -> None:
                         "and retrieve for them instead of the model's users")
     p.add_argument("--foldin-steps", type=int, default=None, help="Adagrad steps of the fold-in (default 100)")
     p.add_argument("--quiet", action="store_true")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_retrieve)
 
 
@@ -119,7 +125,7 @@ def cmd_retrieve(a) -> int:
     from mixrec.io import atomic_file
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
     for t in (a.from_type, a.to_type):
         if t is not None and t not in model.tables:
@@ -157,19 +163,25 @@ def _retrieve_history(model, r, a) -> int:
     return 0
 
 
+def _add_no_verify(p) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="load a model whose model.json lists no checksums (its files are not verified)")
+
+
 def _add_similar(sub) -> None:
     p = sub.add_parser("similar", help="item-to-item neighbours from the learned destination embeddings")
     p.add_argument("model")
     p.add_argument("items", nargs="+", help="raw item ids")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--weights", default="all")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_similar)
 
 
 def cmd_similar(a) -> int:
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     r = Retriever(model, a.weights)
     idx = model.lookup(r.target_type).require(a.items, "items", "item")
     c = r.similar(idx, a.k)
@@ -195,6 +207,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--label-sep", default="|")
     p.add_argument("--max-users", type=int, default=None)
     p.add_argument("--json", default=None, help="write the report as JSON")
+    _add_no_verify(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -213,7 +226,7 @@ def cmd_evaluate(a) -> int:
             save_json(a.json, report)
         return 0
     from mixrec.model import MixtureModel
-    model = MixtureModel.load(a.model)
+    model = MixtureModel.load(a.model, verify=not a.no_verify)
     data = Dataset.load(a.data)
     labels = None
     if a.item_labels:
@@ -381,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     show_progress_lines()  # one line per epoch/loop when stderr is not a terminal
     try:
         return args.func(args)
-    except (ConfigError, ValueError, FileNotFoundError, KeyError) as e:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"mixrec {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from mixrec.registry import INDEX_BACKENDS, LOSSES, POOLINGS
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)  # floats finite
 
 
 class RelationConfig(_Strict):
@@ -190,6 +190,20 @@ class Config(_Strict):
         if self.negative_pooling:
             return self.negative_pooling
         return {"max": "max", "mean": "mean"}.get(self.pooling, "smoothmax")
+
+    def check_names(self, entity_types: list[str], relations: list[str]) -> None:
+        """Refuse ``components.*`` / ``partitions.*`` keys naming no entity type and ``relations.*`` keys naming
+        no relation of the dataset (a typo would otherwise train silently with the default). The default
+        ``components`` entries are not the user's and pass on datasets of other types."""
+        defaults = Config.model_fields["components"].default_factory()
+        problems = [f"{field}.{k}: no entity type {k!r}; the dataset has {sorted(entity_types)}"
+                    for field, given in (("components", self.components), ("partitions", self.partitions))
+                    for k, v in given.items() if k not in entity_types
+                    and not (field == "components" and defaults.get(k) == v)]
+        problems += [f"relations.{k}: no relation {k!r}; the dataset has {sorted(relations)}"
+                     for k in self.relations if k not in relations]
+        if problems:
+            raise ConfigError("invalid configuration for this dataset\n  " + "\n  ".join(problems))
 
     # ----------------------------------------------------------------- I/O
     @classmethod

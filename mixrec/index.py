@@ -1,6 +1,7 @@
 """Nearest-neighbour indexes (FAISS: exact flat, HNSW, IVF) over all destination component vectors."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ import faiss
 import numpy as np
 
 from mixrec.config import IndexConfig
-from mixrec.io import atomic_file, save_json
+from mixrec.io import atomic_file, save_json, sha256
 from mixrec.registry import INDEX_BACKENDS
 
 
@@ -61,6 +62,18 @@ INDEX_BACKENDS.register("ivf", IndexBackend(
     gpu_setup=_set_nprobe))
 
 
+class IndexFileError(ValueError):
+    """A saved index file (or its sidecar) is unreadable, modified or missing its checksums; the message names it."""
+
+
+def embeddings_digest(vectors: np.ndarray) -> str:
+    """SHA-256 of the exact float32 vectors an index is built from (ties a saved index to its embeddings)."""
+    flat = np.ascontiguousarray(vectors, dtype=np.float32)
+    h = hashlib.sha256(repr(flat.shape).encode())
+    h.update(memoryview(flat.reshape(-1)).cast("B"))
+    return h.hexdigest()
+
+
 class ComponentIndex:
     """Inner-product search over the (N * C_d) unit component vectors of one entity type.
 
@@ -97,28 +110,56 @@ class ComponentIndex:
         return self.index.search(q, k) if params is None else self.index.search(q, k, params=params)
 
     # ----------------------------------------------------------------- storage
-    def save(self, path: str | Path) -> None:
-        """Write FAISS's own format plus a JSON sidecar (both atomically)."""
+    def save(self, path: str | Path, embeddings: str | None = None) -> None:
+        """Write FAISS's own format plus a JSON sidecar (both atomically) holding the index file's SHA-256
+        and ``embeddings``, the :func:`embeddings_digest` of the vectors it was built from."""
         path = Path(path)
         cpu = self.index if self.gpu_resources is None else faiss.index_gpu_to_cpu(self.index)
         data = faiss.serialize_index(cpu)
         with atomic_file(path) as fh:
             fh.write(data.tobytes())
         save_json(path.with_suffix(".json"), {"n_items": self.n_items, "components": self.components,
-                                              "config": self.config.model_dump()})
+                                              "config": self.config.model_dump(), "embeddings_sha256": embeddings,
+                                              "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+
+    @staticmethod
+    def read_sidecar(path: str | Path) -> dict:
+        """The JSON sidecar of a saved index; :class:`IndexFileError` naming the file when it is unreadable."""
+        side = Path(path).with_suffix(".json")
+        try:
+            meta = json.loads(side.read_text())
+            IndexConfig(**meta["config"]), int(meta["n_items"]), int(meta["components"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise IndexFileError(f"{side}: unreadable index sidecar ({e}); delete it and its .faiss file "
+                                 "so the index is rebuilt") from None
+        return meta
 
     @staticmethod
     def read_meta(path: str | Path) -> tuple[int, int, IndexConfig]:
         """(items, components, config it was built with) from the JSON sidecar, without reading the index."""
-        meta = json.loads(Path(path).with_suffix(".json").read_text())
+        meta = ComponentIndex.read_sidecar(path)
         return meta["n_items"], meta["components"], IndexConfig(**meta["config"])
 
     @classmethod
-    def load(cls, path: str | Path, config: IndexConfig | None = None) -> "ComponentIndex":
-        """Read a saved index; ``config`` (default: the saved one) sets the search-time parameters and device."""
-        n_items, components, saved = cls.read_meta(path)
-        index = faiss.deserialize_index(np.fromfile(Path(path), dtype=np.uint8))
-        return cls(index, n_items, components, config or saved)
+    def load(cls, path: str | Path, config: IndexConfig | None = None, verify: bool = True) -> "ComponentIndex":
+        """Read a saved index; ``config`` (default: the saved one) sets the search-time parameters and device.
+
+        With ``verify`` the file must match the SHA-256 in its sidecar; :class:`IndexFileError` names the
+        file when it does not, has none, or FAISS cannot read it.
+        """
+        path = Path(path)
+        meta = cls.read_sidecar(path)
+        if verify and not meta.get("sha256"):
+            raise IndexFileError(f"{path}: its sidecar lists no checksum (an index saved by an older mixrec); "
+                                 "delete it so it is rebuilt, or load it with verify=False")
+        if verify and sha256(path) != meta["sha256"]:
+            raise IndexFileError(f"{path}: modified since it was saved (checksum mismatch); delete it so it is rebuilt")
+        try:
+            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+        except (RuntimeError, OSError) as e:
+            raise IndexFileError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0] if str(e) else e}); "
+                                 "delete it so it is rebuilt") from None
+        return cls(index, meta["n_items"], meta["components"], config or IndexConfig(**meta["config"]))
 
 
 def same_build(a: IndexConfig, b: IndexConfig) -> bool:

@@ -40,6 +40,16 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def discard_dir(path: str | Path) -> None:
+    """Remove a directory atomically: renamed away first (readers see it whole or not at all), then deleted."""
+    path = Path(path)
+    if not path.is_dir():
+        return
+    gone = Path(tempfile.mkdtemp(prefix=f".{path.name}.gone-", dir=path.parent))
+    os.rename(path, gone / path.name)
+    shutil.rmtree(gone, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator:
     """Open a temporary file beside ``path`` and rename it over ``path`` once closed without error."""

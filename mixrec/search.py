@@ -1,6 +1,7 @@
 """The retrieval core: one round-robin searcher from a source entity type to a target type over a component index."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,7 +10,10 @@ import numpy as np
 
 from mixrec.config import IndexConfig
 from mixrec.csr import csr_rows
-from mixrec.index import ComponentIndex, same_build
+from mixrec.index import ComponentIndex, IndexFileError, embeddings_digest, same_build
+
+log = logging.getLogger("mixrec.retrieve")
+
 
 @dataclass
 class Candidates:
@@ -70,18 +74,36 @@ def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_ds
 def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
     """The model directory's saved index for this config, or a fresh one (saved when the model has a path)."""
     path = None
+    vectors = model.vectors(target_type).numpy()
+    digest = embeddings_digest(vectors)
     if model.path is not None:
         path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
         if path.is_file():
-            n_items, _, saved = ComponentIndex.read_meta(path)
-            if same_build(saved, config) and n_items == model.num(target_type):
-                # search-time parameters (efSearch, nprobe) and the device need no rebuild
-                return ComponentIndex.load(path, config)
-    idx = ComponentIndex.build(model.vectors(target_type).numpy(), config)
+            saved = _saved_index(path, config, digest)
+            if saved is not None:
+                return saved
+    idx = ComponentIndex.build(vectors, config)
     if path is not None:
         path.parent.mkdir(exist_ok=True)
-        idx.save(path)
+        idx.save(path, embeddings=digest)
     return idx
+
+
+def _saved_index(path: Path, config: IndexConfig, digest: str) -> ComponentIndex | None:
+    """The saved index at ``path`` when it was built with ``config``'s build parameters from exactly the
+    embeddings ``digest`` names and its file is intact; None (with a warning saying why) otherwise."""
+    try:
+        meta = ComponentIndex.read_sidecar(path)
+        if not same_build(IndexConfig(**meta["config"]), config):
+            return None  # another build (hnsw_m, nlist...): rebuilt quietly, as configured
+        if meta.get("embeddings_sha256") != digest:
+            log.warning("%s: built from other embeddings than the model's (retrained since?); rebuilding it", path)
+            return None
+        # search-time parameters (efSearch, nprobe) and the device need no rebuild
+        return ComponentIndex.load(path, config)
+    except IndexFileError as e:
+        log.warning("%s; rebuilding it", e)
+        return None
 
 
 SeenFn = Callable[[Sequence[str] | None], tuple[np.ndarray, np.ndarray]]

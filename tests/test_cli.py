@@ -116,7 +116,7 @@ def test_ingest_error_leaves_output_untouched(tmp_path, capsys):
     out = tmp_path / "data"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    assert main(["ingest", str(bad), "--out", str(out)]) == 2
+    assert main(["ingest", str(bad), "--out", str(out), "--overwrite"]) == 2  # even where replacing is allowed
     assert "bad.csv" in capsys.readouterr().err
     assert (out / "keep.txt").read_text() == "precious"
 

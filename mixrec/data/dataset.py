@@ -126,7 +126,7 @@ class Dataset:
                 cols["weight"].append(e.weight.astype(np.float32))
                 cols["split"].append(np.full(len(e), SPLITS.index(s), dtype=np.int8))
             table = pa.table({k: np.concatenate(v) if v else np.zeros(0) for k, v in cols.items()})
-            pq.write_table(table, tmp / EDGES)
+            pq.write_table(table, tmp / EDGES, write_page_checksum=True)
             manifest = {
                 "format": FORMAT_VERSION,
                 "entities": {t: len(v) for t, v in self.ids.items()},
@@ -142,20 +142,12 @@ class Dataset:
     def load(cls, path: str | Path) -> "Dataset":
         """Read a dataset directory written by :meth:`save` (or ``mixrec ingest``)."""
         path = Path(path)
-        mpath = path / MANIFEST
-        if not mpath.is_file():
-            raise FileNotFoundError(f"{path}: not a mixrec dataset (no {MANIFEST}); create one with `mixrec ingest`")
-        manifest = json.loads(mpath.read_text())
-        if manifest.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{mpath}: dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
-        ids = {}
-        for t in manifest["entities"]:
-            tab = pq.read_table(path / "entities" / f"{t}.parquet")
-            ids[t] = tab.column("id").to_numpy(zero_copy_only=False)
+        manifest = read_manifest(path)
+        ids = {t: _read_parquet(path / "entities" / f"{t}.parquet", ["id"])["id"] for t in manifest["entities"]}
         relations = [Relation(**r) for r in manifest["relations"]]
-        tab = pq.read_table(path / EDGES)
-        split = tab.column("split").to_numpy()
-        arrays = {k: tab.column(k).to_numpy() for k in ("src", "dst", "rel", "weight")}
+        arrays = _read_parquet(path / EDGES, ["src", "dst", "rel", "weight", "split"])
+        _check_edges(path / EDGES, arrays, {t: len(v) for t, v in ids.items()}, relations, manifest)
+        split = arrays["split"]
         edges = {}
         for i, s in enumerate(SPLITS):
             m = split == i
@@ -163,6 +155,74 @@ class Dataset:
                 edges[s] = Edges(arrays["src"][m].astype(np.int64), arrays["dst"][m].astype(np.int64),
                                  arrays["rel"][m].astype(np.int64), arrays["weight"][m].astype(np.float32))
         return cls(ids=ids, relations=relations, edges=edges, info=manifest.get("info", {}), path=path)
+
+
+def _read_parquet(path: Path, columns: list[str]) -> dict[str, np.ndarray]:
+    """Columns of a dataset's Parquet file (page checksums verified where written); errors name the file."""
+    try:
+        tab = pq.read_table(path, columns=columns, page_checksum_verification=True)
+        return {c: tab.column(c).to_numpy() if c != "id" else tab.column(c).to_numpy(zero_copy_only=False)
+                for c in columns}
+    except (OSError, pa.ArrowException, KeyError) as e:
+        raise ValueError(f"{path}: unreadable or corrupt ({e}); re-run `mixrec ingest` to rewrite the dataset") from None
+
+
+def _check_edges(path: Path, a: dict[str, np.ndarray], sizes: dict[str, int], relations: list[Relation],
+                 manifest: dict) -> None:
+    """Every edge's indices in range and the per-relation/split counts as in the manifest; else name the file."""
+    problem = None
+    if len(a["rel"]) and (a["rel"].min() < 0 or a["rel"].max() >= len(relations)):
+        problem = "relation codes out of range"
+    elif len(a["split"]) and (a["split"].min() < 0 or a["split"].max() >= len(SPLITS)):
+        problem = "split codes out of range"
+    else:
+        for col, side in (("src", "source_type"), ("dst", "target_type")):
+            n = np.array([sizes[getattr(r, side)] for r in relations])[a["rel"]] if len(a["rel"]) else 0
+            if len(a[col]) and ((a[col] < 0) | (a[col] >= n)).any():
+                problem = f"{col} indices out of range"
+    if problem is None and "counts" in manifest:
+        got: dict = {}
+        keys, n = np.unique(np.stack([a["rel"].astype(np.int64), a["split"].astype(np.int64)], 1), axis=0,
+                            return_counts=True)
+        for (r, sp), k in zip(keys.tolist(), n.tolist()):
+            got.setdefault(relations[r].name, {})[SPLITS[sp]] = k
+        if got != manifest["counts"]:
+            problem = f"edge counts {got} differ from the manifest's {manifest['counts']}"
+    if problem:
+        raise ValueError(f"{path}: corrupt ({problem}); re-run `mixrec ingest` to rewrite the dataset")
+
+
+def dataset_entities(dataset: "Dataset | str | Path") -> dict[str, int]:
+    """Entities per type of a dataset or a dataset directory (from its manifest alone)."""
+    if isinstance(dataset, Dataset):
+        return {t: dataset.num(t) for t in dataset.entity_types}
+    return {t: int(n) for t, n in read_manifest(Path(dataset))["entities"].items()}
+
+
+def dataset_names(dataset: "Dataset | str | Path") -> tuple[list[str], list[str]]:
+    """(entity types, relation names) of a dataset or a dataset directory (from its manifest alone)."""
+    if isinstance(dataset, Dataset):
+        return dataset.entity_types, [r.name for r in dataset.relations]
+    manifest = read_manifest(Path(dataset))
+    return list(manifest["entities"]), [r["name"] for r in manifest["relations"]]
+
+
+def read_manifest(path: Path) -> dict:
+    """A dataset directory's manifest; errors name the file and say what to do."""
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise FileNotFoundError(f"{path}: not a mixrec dataset (no {MANIFEST}); create one with `mixrec ingest`")
+    try:
+        manifest = json.loads(mpath.read_text())
+        if manifest.get("format") != FORMAT_VERSION:
+            raise ValueError(f"dataset format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+        for key in ("entities", "relations"):
+            if key not in manifest:
+                raise ValueError(f"no {key!r} entry")
+        [Relation(**r) for r in manifest["relations"]]
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{mpath}: broken manifest ({e}); re-run `mixrec ingest` to rewrite the dataset") from None
+    return manifest
 
 
 def _empty_edges() -> Edges:

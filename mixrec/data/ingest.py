@@ -5,6 +5,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -13,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mixrec.data.dataset import SPLITS, Dataset, Edges, Relation
+from mixrec.data.dataset import MANIFEST, SPLITS, Dataset, Edges, Relation
 from mixrec.data.readers import SOURCES_KEY, IngestError, _require, read_log
 from mixrec.data.split import STRATEGIES, SplitError, make_split
 
@@ -34,6 +35,7 @@ class IngestReport:
     split: str
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    train_test_pairs: int = 0  # distinct (source, target, relation) in both train and test
 
     def to_dict(self) -> dict:
         """Plain JSON-able form (stored in ``Dataset.info['ingest']``)."""
@@ -105,9 +107,24 @@ def _no_nulls(arr: pa.Array, origin: _Origin, col: str, what: str) -> None:
         raise IngestError(f"{origin.at(row, col)}: empty {what}; every row needs one (remove or fix the row)")
 
 
+def _no_nan(arr: pa.Array, origin: _Origin, col: str) -> None:
+    """Refuse NaN ids (float NaN, or the text 'nan' in any case): a missing value, not an id."""
+    if pa.types.is_floating(arr.type):
+        bad = pc.is_nan(arr)
+    elif pa.types.is_string(arr.type):
+        bad = pc.equal(pc.utf8_lower(pc.utf8_trim_whitespace(arr)), "nan")
+    else:
+        return
+    row = _first(bad.to_numpy(zero_copy_only=False))
+    if row is not None:
+        raise IngestError(f"{origin.at(row, col)}: id {arr[row].as_py()!r} is NaN, a missing value rather than "
+                          "an id (remove or fix the row)")
+
+
 def _ids(arr: pa.Array, origin: _Origin, col: str) -> pa.Array:
     """Integer ids as int64; text that is all canonical integers becomes int64; anything else text."""
     _no_nulls(arr, origin, col, "id")
+    _no_nan(arr, origin, col)
     if pa.types.is_integer(arr.type):
         return arr.cast(pa.int64())
     if pa.types.is_floating(arr.type) and pc.all(pc.equal(pc.floor(arr), arr)).as_py():
@@ -321,8 +338,23 @@ def build_dataset(table: pa.Table | Mapping[str, Sequence], *, source_col: str =
     report = IngestReport(origin.names, n, n - len(keep), {t: len(v) for t, v in ids.items()},
                           int(np.count_nonzero(np.bincount(src))), int(np.count_nonzero(np.bincount(dst))), counts,
                           split, options, time.perf_counter() - start)
+    report.train_test_pairs = _warn_overlap(edges, origin)
     relations = [Relation(r, source_type, target_type) for r in rel_names]
     return Dataset(ids=ids, relations=relations, edges=edges, info={"ingest": report.to_dict()}), report
+
+
+def _warn_overlap(edges: dict[str, Edges], origin: _Origin) -> int:
+    """Count (and warn about) distinct (source, target, relation) triples in both train and test."""
+    if "train" not in edges or "test" not in edges:
+        return 0
+    def rows(e: Edges) -> np.ndarray:  # one opaque value per (src, dst, rel) row: no overflow on any count
+        return np.unique(np.ascontiguousarray(np.stack([e.src, e.dst, e.rel], 1).astype(np.int64)).view("V24").ravel())
+    n = int(np.isin(rows(edges["test"]), rows(edges["train"])).sum())
+    if n:
+        warnings.warn(f"{origin.label}: {n:,} (user, item) pairs (same relation) are both in train and in test; "
+                      "evaluation with exclude-seen never counts them and without it they leak the answer",
+                      UserWarning, stacklevel=3)
+    return n
 
 
 def _check_train(rel: np.ndarray, codes: np.ndarray, rel_names: list[str], origin: _Origin) -> dict:
@@ -336,25 +368,37 @@ def _check_train(rel: np.ndarray, codes: np.ndarray, rel_names: list[str], origi
     return {name: {s: int(table[r, i]) for i, s in enumerate(SPLITS)} for r, name in enumerate(rel_names)}
 
 
+def _check_out(out: Path, overwrite: bool | None) -> None:
+    """Refuse to replace what is at ``out`` unless allowed (see :func:`ingest`'s ``overwrite``)."""
+    if overwrite or not out.exists():
+        return
+    if overwrite is None and out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir())):
+        return
+    what = "exists" if overwrite is False else "exists and is not a mixrec dataset directory (no manifest.json)"
+    raise FileExistsError(f"{out} {what}; its content would be replaced: choose another output path, or pass "
+                          "overwrite=True (--overwrite) to replace it")
+
+
 def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_col: str = "user_id",
            target_col: str = "item_id", relation_col: str | None = None, weight_col: str | None = None,
            timestamp_col: str | None = None, split_col: str | None = None, split: str | None = None,
            test_fraction: float = 0.2, valid_fraction: float = 0.0, seed: int = 0,
            source_type: str = "user", target_type: str = "item", default_relation: str = "interaction",
-           delimiter: str | None = None, overwrite: bool = True, progress: bool = True) -> IngestReport:
+           delimiter: str | None = None, overwrite: bool | None = None, progress: bool = True) -> IngestReport:
     """Read interaction logs and write a dataset directory at ``out`` (atomically, only after validation).
 
     ``split`` is one of column/random/temporal/leave-last-out (default: column if ``split_col`` else random);
     ``split_col`` is only read for 'column'. See :func:`build_dataset` for ids, dedup and validation.
     Raises :class:`IngestError` on bad input, leaving any existing ``out`` untouched.
+    ``overwrite``: None (default) replaces an existing dataset directory or fills an empty folder and refuses
+    anything else; True replaces whatever is at ``out``; False refuses any existing ``out``.
     """
     start = time.perf_counter()
     split = split or ("column" if split_col else "random")
     names = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
     _check_options(", ".join(names), split, split_col, timestamp_col, test_fraction, valid_fraction)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    _check_out(out, overwrite)
     wanted = _wanted(source_col, target_col, split, relation_col, weight_col, timestamp_col, split_col)
     table = read_log(paths, columns=wanted, delimiter=delimiter,
                      string_columns=[c for c in (source_col, target_col, relation_col, split_col) if c])
@@ -365,7 +409,7 @@ def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_
         default_relation=default_relation)
     report.seconds = time.perf_counter() - start
     dataset.info = {"ingest": report.to_dict()}  # with the total time, reading included
-    dataset.save(out, overwrite=overwrite)
+    dataset.save(out, overwrite=True)  # _check_out allowed it
     if progress:
         print(report.summary(), file=sys.stderr)
     return report

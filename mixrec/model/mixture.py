@@ -14,7 +14,7 @@ from mixrec.config import Config
 from mixrec.csr import csr_from_pairs
 from mixrec.data.dataset import Dataset, Relation, _id_array
 from mixrec.ids import IdLookup
-from mixrec.io import load_array, save_array, save_json, sha256
+from mixrec.io import discard_dir, load_array, save_array, save_json, sha256
 from mixrec.model.functional import ALL_DIMS, normalize, pool, product_all
 
 MODEL_FORMAT = 1
@@ -136,6 +136,7 @@ class MixtureModel:
     def save(self, path: str | Path) -> Path:
         """Write the model directory (each file atomically; ``model.json`` last)."""
         path = Path(path)
+        discard_dir(path / "index")  # an index of the embeddings this save replaces would be stale
         (path / "embeddings").mkdir(parents=True, exist_ok=True)
         for t, tab in self.tables.items():
             save_array(path / "embeddings" / f"{t}.npy", normalize(tab).numpy().astype(np.float32))
@@ -159,8 +160,11 @@ class MixtureModel:
         meta = json.loads(meta_path.read_text())
         if meta.get("format") != MODEL_FORMAT:
             raise ValueError(f"{meta_path}: model format {meta.get('format')!r}, expected {MODEL_FORMAT}")
+        if verify and not meta.get("checksums"):
+            raise ValueError(f"{meta_path}: lists no checksums, so the model's files cannot be verified; retrain "
+                             "the model, or load it unverified with verify=False (--no-verify) if you trust it")
         if verify:
-            for rel, digest in meta.get("checksums", {}).items():
+            for rel, digest in meta["checksums"].items():
                 f = path / rel
                 if not f.is_file() or sha256(f) != digest:
                     raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
@@ -168,6 +172,10 @@ class MixtureModel:
         config = Config.load(path / "config.toml")
         tables = {t: torch.from_numpy(np.array(load_array(path / "embeddings" / f"{t}.npy")))
                   for t in meta["entities"]}
+        for t, tab in tables.items():
+            if not torch.isfinite(tab).all():
+                raise ValueError(f"{path / 'embeddings' / f'{t}.npy'}: {int((~torch.isfinite(tab)).sum())} non-finite "
+                                 "values (a diverged training run?); retrain the model")
         ids = {t: pq.read_table(path / "ids" / f"{t}.parquet").column("id").to_numpy(zero_copy_only=False)
                for t in meta["entities"]}
         weights = {n: {t: load_array(path / "weights" / n / f"{t}.npy") for t in types}

@@ -14,7 +14,7 @@ from mixrec.train.base import Callback, ModelTrainer
 from mixrec.train.distributed_trainer import DistributedTrainer
 from mixrec.train.graph_source import GraphSource
 from mixrec.train.partitioned import PartitionedTrainer
-from mixrec.train.trainer import Trainer
+from mixrec.train.trainer import Trainer, check_dataset
 
 
 def in_process_group() -> bool:
@@ -28,6 +28,7 @@ def make_trainer(dataset: Dataset | str | Path, config: Config | None = None, ou
     is then streamed, never loaded whole), data-parallel inside a process group, else in memory (HOGWILD
     worker processes when ``workers > 1``). Options a trainer cannot honour are refused with a ValueError."""
     config = with_task_weights(config or Config(), dataset)  # a graph schema's task weights (eq. 4)
+    check_dataset(dataset, config)  # keys naming nothing, tables that cannot fit: refused before any write
     if config.partitioned:
         if in_process_group():
             raise ValueError(f"partitions={config.partitions}: partitioned training runs in one process, not in "

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 import torch.multiprocessing as mp
 
-from mixrec.config import Config
-from mixrec.data.dataset import Dataset
+from mixrec.config import Config, ConfigError
+from mixrec.data.dataset import Dataset, dataset_entities, dataset_names
 from mixrec.evaluate.exact import sample_recall
 from mixrec.io import atomic_dir, load_array, save_array
 from mixrec.model.mixture import MixtureModel
@@ -24,6 +25,10 @@ from mixrec.train.step import train_step
 from mixrec.weights import compute_weight_sets
 
 log = logging.getLogger("mixrec.train")
+
+
+class TrainingDiverged(ValueError):
+    """The loss became non-finite: training stopped, the last checkpoint is that of the last good epoch."""
 
 
 class Trainer(ModelTrainer):
@@ -57,6 +62,7 @@ class Trainer(ModelTrainer):
             for epoch in range(self.start_epoch, cfg.epochs):
                 t0 = time.perf_counter()
                 loss = pool.run_epoch(epoch) if pool else self._run_epoch(epoch)
+                check_loss(loss, epoch, None, cfg)
                 secs = time.perf_counter() - t0
                 rec = {"epoch": epoch + 1, "loss": loss / max(self.edges.total, 1),
                        "edges_per_s": self.edges.total / max(secs, 1e-9), "seconds": secs}
@@ -87,6 +93,7 @@ class Trainer(ModelTrainer):
         with on_device(self.model.tables, self.states, self.device) as (tables, states):
             for i, batch in enumerate(make_batches(self.edges, self.config, epoch)):
                 loss = train_step(batch, tables, states, self.config)
+                check_loss(loss, epoch, i, self.config)
                 total += loss
                 bar.update(len(batch.src))
                 if i % 20 == 0:
@@ -148,6 +155,53 @@ class Trainer(ModelTrainer):
         self.history = state["history"]
         self.start_epoch = state["epochs_done"]
         log.info("resuming after epoch %d from %s", self.start_epoch, ck)
+
+
+def check_loss(loss: float, epoch: int, batch: int | None, config: Config) -> None:
+    """Raise :class:`TrainingDiverged` naming the (0-based) ``epoch`` and ``batch`` when ``loss`` is not finite."""
+    if np.isfinite(loss):
+        return
+    where = f"epoch {epoch + 1}" + ("" if batch is None else f", batch {batch + 1}")
+    raise TrainingDiverged(
+        f"training diverged: loss {loss} at {where}; no model was written and the checkpoint (if any) holds "
+        f"the last good epoch. Lower lr (now {config.lr}) or raise temperature (now {config.temperature}) "
+        f"/ gamma (now {config.gamma})")
+
+
+def check_dataset(dataset: Dataset | str | Path, config: Config) -> None:
+    """Refuse, before anything is written, a config whose keys name no entity type or relation of the dataset."""
+    config.check_names(*dataset_names(dataset))
+    if not config.partitioned:
+        check_memory(dataset_entities(dataset), config)
+
+
+def check_memory(entities: dict[str, int], config: Config) -> None:
+    """Refuse (naming dim and components) embedding tables that cannot fit in the available memory.
+
+    Estimate: each type's (N, C, dim) float32 table about three times over (the table, its unit-normalised
+    copy for weights and saving, the update buffers), against MemAvailable (or the physical memory).
+    """
+    need = 3 * 4 * sum(n * config.components_of(t) * config.dim for t, n in entities.items())
+    have = available_memory()
+    if have is not None and need > have:
+        sizes = ", ".join(f"{n:,} {t} x {config.components_of(t)}" for t, n in entities.items())
+        raise ConfigError(f"dim={config.dim} with components {sizes} needs about {need / 2**30:,.1f} GiB for the "
+                          f"embedding tables, more than the {have / 2**30:,.1f} GiB available; lower dim or "
+                          "components.*, or train from disk with partitions.<type> > 1")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; else physical memory; None if unknown)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 # --------------------------------------------------------------------- HOGWILD workers
