@@ -116,12 +116,20 @@ def test_cascade_matches_numpy():
         s = sum(c * (1 - c) ** t * q @ np.linalg.matrix_power(p, t) for t in range(steps + 1))
     np.testing.assert_allclose(m.score_users(np.arange(N_U)), s, rtol=1e-4, atol=1e-7)
     del rng
+    # own earlier-behaviour items weighted by smoothed conversion, added to the max-scaled cascade
+    own, bonus, p_exp, k = 0.7, -0.4, 0.5, 3.0
+    m2 = make_filter("cascade", restart=c, carry=beta, steps=steps, own=own, stage_bonus=bonus, conv_exp=p_exp,
+                     smoothing=k).fit(_dataset(mats), relations=list(mats))
+    conv = (mats["buy"].sum(0) + 1) / (mats["view"].sum(0) + mats["cart"].sum(0) + k)
+    o = ((mats["view"] + mats["cart"]) > 0).astype(float)
+    ref = s / s.max(1, keepdims=True) + own * o * (1 + bonus * mats["cart"]) * (conv / conv.max()) ** p_exp
+    np.testing.assert_allclose(m2.score_users(np.arange(N_U)), ref, rtol=1e-4, atol=1e-6)
 
 
 def _fitted(kind):
     if kind == "cascade":
         mats = {"view": _dense(4, 0.4), "cart": _dense(5, 0.2), "buy": _dense(6, 0.1)}
-        return make_filter(kind).fit(_dataset(mats)), mats["buy"]
+        return make_filter(kind, own=0.5, stage_bonus=0.2).fit(_dataset(mats)), mats["buy"]
     r = _dense(7)
     return make_filter(kind, **({"rank": 4} if kind in ("lowpass", "gfcf") else {})).fit(_dataset({"click": r})), r
 
