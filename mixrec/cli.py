@@ -107,6 +107,10 @@ def cmd_retrieve(a) -> int:
     from mixrec.io import atomic_file
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
+    from mixrec.filters import is_filter_dir, load_filter
+    if is_filter_dir(a.model):  # a closed-form filter model (mixrec fit-filter): exact ranking
+        from mixrec.filters.command import retrieve_filter
+        return retrieve_filter(load_filter(a.model), a)
     model = MixtureModel.load(a.model)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
     r = Retriever(model, a.weights, index_config=icfg)
@@ -196,6 +200,10 @@ def _add_similar(sub) -> None:
 def cmd_similar(a) -> int:
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
+    from mixrec.filters import is_filter_dir, load_filter
+    if is_filter_dir(a.model):
+        from mixrec.filters.command import similar_filter
+        return similar_filter(load_filter(a.model), a)
     model = MixtureModel.load(a.model)
     r = Retriever(model, a.weights)
     idx = _lookup(model.ids[r.target_type], a.items, "items")

@@ -207,3 +207,27 @@ def test_cli_fit_filter_and_evaluate(tmp_path):
             for x in range(N_U) if test[x].sum()]
     assert got["users"] == len(hits)
     np.testing.assert_allclose(got["exact"]["recall@5"], np.mean(hits), rtol=1e-6)
+
+
+def test_cli_retrieve_and_similar_read_a_filter_dir(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from mixrec.cli import main
+    r = _dense(9)
+    _dataset({"click": r}).save(tmp_path / "d")
+    assert main(["fit-filter", str(tmp_path / "d"), "--out", str(tmp_path / "m"), "--kind", "linear"]) == 0
+    assert main(["retrieve", str(tmp_path / "m"), "--k", "4", "--out", str(tmp_path / "c.parquet"), "--quiet"]) == 0
+    t = pq.read_table(tmp_path / "c.parquet").to_pydict()
+    s = r @ _norm(r).T @ _norm(r)  # oracle: numpy scores with seen items masked
+    s[r > 0] = -np.inf
+    for u in range(N_U):
+        got = [i for uu, i in zip(t["user"], t["item"]) if uu == u]
+        want = [i for i in np.argsort(-s[u], kind="stable")[:4] if np.isfinite(s[u, i])]
+        np.testing.assert_allclose(s[u, got], s[u, want], rtol=1e-5)
+    capsys.readouterr()
+    assert main(["similar", str(tmp_path / "m"), "3", "--k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    one = (np.eye(N_I)[3] @ _norm(r).T @ _norm(r))
+    one[3] = -np.inf
+    want = np.argsort(-one, kind="stable")[:2]
+    assert line.startswith("3: ") and [int(x.split(" ")[0]) for x in line[3:].split(", ")] == want.tolist()
