@@ -125,6 +125,10 @@ def cmd_retrieve(a) -> int:
     from mixrec.io import atomic_file
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
+    from mixrec.filters import is_filter_dir, load_filter
+    if is_filter_dir(a.model):  # a closed-form filter model (mixrec fit-filter): exact ranking
+        from mixrec.filters.command import retrieve_filter
+        return retrieve_filter(load_filter(a.model), a)
     model = MixtureModel.load(a.model, verify=not a.no_verify)
     icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
     for t in (a.from_type, a.to_type):
@@ -181,6 +185,10 @@ def _add_similar(sub) -> None:
 def cmd_similar(a) -> int:
     from mixrec.model import MixtureModel
     from mixrec.retrieve import Retriever
+    from mixrec.filters import is_filter_dir, load_filter
+    if is_filter_dir(a.model):
+        from mixrec.filters.command import similar_filter
+        return similar_filter(load_filter(a.model), a)
     model = MixtureModel.load(a.model, verify=not a.no_verify)
     r = Retriever(model, a.weights)
     idx = model.lookup(r.target_type).require(a.items, "items", "item")

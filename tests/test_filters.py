@@ -116,12 +116,20 @@ def test_cascade_matches_numpy():
         s = sum(c * (1 - c) ** t * q @ np.linalg.matrix_power(p, t) for t in range(steps + 1))
     np.testing.assert_allclose(m.score_users(np.arange(N_U)), s, rtol=1e-4, atol=1e-7)
     del rng
+    # own earlier-behaviour items weighted by smoothed conversion, added to the max-scaled cascade
+    own, bonus, p_exp, k = 0.7, -0.4, 0.5, 3.0
+    m2 = make_filter("cascade", restart=c, carry=beta, steps=steps, own=own, stage_bonus=bonus, conv_exp=p_exp,
+                     smoothing=k).fit(_dataset(mats), relations=list(mats))
+    conv = (mats["buy"].sum(0) + 1) / (mats["view"].sum(0) + mats["cart"].sum(0) + k)
+    o = ((mats["view"] + mats["cart"]) > 0).astype(float)
+    ref = s / s.max(1, keepdims=True) + own * o * (1 + bonus * mats["cart"]) * (conv / conv.max()) ** p_exp
+    np.testing.assert_allclose(m2.score_users(np.arange(N_U)), ref, rtol=1e-4, atol=1e-6)
 
 
 def _fitted(kind):
     if kind == "cascade":
         mats = {"view": _dense(4, 0.4), "cart": _dense(5, 0.2), "buy": _dense(6, 0.1)}
-        return make_filter(kind).fit(_dataset(mats)), mats["buy"]
+        return make_filter(kind, own=0.5, stage_bonus=0.2).fit(_dataset(mats)), mats["buy"]
     r = _dense(7)
     return make_filter(kind, **({"rank": 4} if kind in ("lowpass", "gfcf") else {})).fit(_dataset({"click": r})), r
 
@@ -199,3 +207,27 @@ def test_cli_fit_filter_and_evaluate(tmp_path):
             for x in range(N_U) if test[x].sum()]
     assert got["users"] == len(hits)
     np.testing.assert_allclose(got["exact"]["recall@5"], np.mean(hits), rtol=1e-6)
+
+
+def test_cli_retrieve_and_similar_read_a_filter_dir(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from mixrec.cli import main
+    r = _dense(9)
+    _dataset({"click": r}).save(tmp_path / "d")
+    assert main(["fit-filter", str(tmp_path / "d"), "--out", str(tmp_path / "m"), "--kind", "linear"]) == 0
+    assert main(["retrieve", str(tmp_path / "m"), "--k", "4", "--out", str(tmp_path / "c.parquet"), "--quiet"]) == 0
+    t = pq.read_table(tmp_path / "c.parquet").to_pydict()
+    s = r @ _norm(r).T @ _norm(r)  # oracle: numpy scores with seen items masked
+    s[r > 0] = -np.inf
+    for u in range(N_U):
+        got = [i for uu, i in zip(t["user"], t["item"]) if uu == u]
+        want = [i for i in np.argsort(-s[u], kind="stable")[:4] if np.isfinite(s[u, i])]
+        np.testing.assert_allclose(s[u, got], s[u, want], rtol=1e-5)
+    capsys.readouterr()
+    assert main(["similar", str(tmp_path / "m"), "3", "--k", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    one = (np.eye(N_I)[3] @ _norm(r).T @ _norm(r))
+    one[3] = -np.inf
+    want = np.argsort(-one, kind="stable")[:2]
+    assert line.startswith("3: ") and [int(x.split(" ")[0]) for x in line[3:].split(", ")] == want.tolist()

@@ -59,3 +59,46 @@ def evaluate_filter(model, data: Dataset, ks: Sequence[int], split: str = "test"
     metrics = ranking_metrics(top, truth[0], truth[1], ks)
     return {"relations": {rel: {"users": int(len(users)), "exact": metrics}},
             "settings": {"ks": list(ks), "split": split, "exclude_seen": exclude_seen, "methods": ["exact"]}}
+
+
+def _indices(ids: np.ndarray, raw: Sequence[str], where: str) -> np.ndarray:
+    lookup = {str(v): i for i, v in enumerate(ids.tolist())}
+    missing = [r for r in raw if str(r) not in lookup]
+    if missing:
+        raise ValueError(f"{where}: unknown id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+    return np.array([lookup[str(r)] for r in raw], dtype=np.int64)
+
+
+def retrieve_filter(model, a) -> int:
+    """`mixrec retrieve FILTER_DIR`: exact top-k per user written as Parquet (user, rank, item, score, component=-1)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mixrec.io import atomic_file
+    if a.history:
+        raise ValueError("--history with a graph-filter model: use FilterModel.recommend_from_history (no fold-in)")
+    users = np.arange(model.n_users)
+    if a.users:
+        from pathlib import Path
+        raw = [line.strip() for line in Path(a.users).read_text().splitlines() if line.strip()]
+        users = _indices(model.ids["user"], raw, a.users)
+    items, scores = model.recommend(users, k=a.k, exclude_seen=not a.include_seen)
+    keep = items >= 0
+    rows = np.broadcast_to(np.arange(items.shape[0])[:, None], items.shape)[keep]
+    table = pa.table({"user": model.ids["user"][users][rows], "rank": np.nonzero(keep)[1].astype(np.int32),
+                      "item": model.ids["item"][items[keep]], "score": scores[keep].astype(np.float32),
+                      "component": np.full(int(keep.sum()), -1, np.int32)})
+    with atomic_file(a.out) as fh:
+        pq.write_table(table, fh)
+    print(f"{table.num_rows:,} candidates for {len(users):,} users written to {a.out}")
+    return 0
+
+
+def similar_filter(model, a) -> int:
+    """`mixrec similar FILTER_DIR ITEM...`: each item's one-item history through the filter."""
+    idx = _indices(model.ids["item"], a.items, "items")
+    items, scores = model.similar(idx, k=a.k)
+    names = model.ids["item"]
+    for raw, row, sc in zip(a.items, items, scores):
+        print(f"{raw}: " + ", ".join(f"{names[i]} ({s:.3f})" for i, s in zip(row, sc) if i >= 0))
+    return 0

@@ -73,7 +73,8 @@ class Funnel:
 
     def __init__(self, model, *, index: ComponentIndex | None = None,
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
-                 labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None):
+                 labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None,
+                 filters: dict | None = None):
         self.model = model
         h = history or (model.train_edges["src"], model.train_edges["dst"], model.train_edges["rel"])
         self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in h)
@@ -81,6 +82,7 @@ class Funnel:
         self.searcher = Searcher.for_model(model, index=index, seen=None if history is None else self.seen)
         self.index = self.searcher.index
         self.labels, self.rankers = labels, dict(rankers or {})
+        self.filters = dict(filters or {})  # name -> fitted mixrec.filters model, for graph(model=...)
         self.n_users, self.n_items = model.num(model.source_type), model.num(model.target_type)
         self.relations = [r.name for r in model.relations]
         self.user_vectors, self.item_vectors = self.searcher.source_vectors, self.searcher.target_vectors

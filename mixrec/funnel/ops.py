@@ -9,7 +9,7 @@ import numpy as np
 
 from mixrec.funnel.query import (MAX_K, QueryError, _choice, _float, _floats, _int, _int_list, _item_ids, _name,
                                  _names, _optional_ints, _seen, _stages, finish_rank, finish_union)
-from mixrec.funnel.sources import blend, expand_neighbours, history_source, popular_source
+from mixrec.funnel.sources import blend, expand_neighbours, graph_source, history_source, popular_source
 from mixrec.funnel.walk import walk_expand
 from mixrec.registry import FUNNEL_OPS
 
@@ -46,6 +46,23 @@ def _walk_limits(a: dict, max_k: int, where: str) -> None:
         raise QueryError(where, "walkers", f"walkers * max_steps must be at most {MAX_WALK_STEPS:,} on this server")
 
 
+def _bool(v):
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true or false, got {v!r}")
+    return v
+
+
+def _graph_check(f, a: dict, where: str) -> None:
+    filters = getattr(f, "filters", {})
+    if a["model"] not in filters:
+        raise QueryError(where, "model", f"no graph-filter model named {a['model']!r}; available: "
+                                         f"{sorted(filters) or 'none (fit one with mixrec fit-filter)'}")
+    m = filters[a["model"]]
+    if (m.n_users, m.n_items) != (f.n_users, f.n_items):
+        raise QueryError(where, "model", f"graph-filter model {a['model']!r} has {m.n_users} users x {m.n_items} "
+                                         f"items, the funnel {f.n_users} x {f.n_items}; fit it on the same dataset")
+
+
 def _rank_check(f, a: dict, where: str) -> None:
     if a["ranker"] not in f.rankers:
         raise QueryError(where, "ranker", f"no ranker named {a['ranker']!r}; available: "
@@ -72,6 +89,10 @@ _register("mixture", Operation(
 _register("history", Operation(
     {"relation": (_names, None), "n": (_int(1, MAX_K), 30)},
     lambda f, a, cs, user, sub: history_source(*f.history(a["relation"]), user, a["n"]), source=True))
+_register("graph", Operation(
+    {"model": (_name, "default"), "k": (_int(1, MAX_K), 100), "exclude_seen": (_bool, True)},
+    lambda f, a, cs, user, sub: graph_source(f.filters[a["model"]], user, a["k"], a["exclude_seen"]),
+    source=True, check=_graph_check))
 _register("popular", Operation(
     {"k": (_int(1, MAX_K), 100), "relation": (_names, None)},
     lambda f, a, cs, user, sub: popular_source(*f.popularity(a["relation"]), a["k"]), source=True))

@@ -14,7 +14,7 @@ import numpy as np
 
 from mixrec.retrieve import Candidates
 
-SOURCES = ("mixture", "history", "similar", "walk", "popular")
+SOURCES = ("mixture", "history", "similar", "walk", "popular", "graph")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 
 
@@ -131,6 +131,13 @@ def history_source(indptr: np.ndarray, items: np.ndarray, user: int, n: int) -> 
     """
     row = items[indptr[user]:indptr[user + 1]][::-1][:n]
     return CandidateSet.make(row, 1.0 / np.arange(1, len(row) + 1), "history", seed=row)
+
+
+def graph_source(model, user: int, k: int, exclude_seen: bool = True) -> CandidateSet:
+    """Top ``k`` of a fitted graph-filter model (mixrec.filters) for a training user: its history rows x filter."""
+    items, scores = model.recommend([int(user)], k=k, exclude_seen=exclude_seen)
+    keep = items[0] >= 0
+    return CandidateSet.make(items[0][keep], scores[0][keep], "graph")
 
 
 def popular_source(ranking: np.ndarray, counts: np.ndarray, k: int) -> CandidateSet:
