@@ -1,7 +1,6 @@
 """The graph schema: entity types and typed relations read from one TOML file into a single dataset."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from mixrec.config import Config, ConfigError, read_mapping
-from mixrec.data.dataset import MANIFEST, SPLITS, Dataset, Edges, Relation
+from mixrec.data.dataset import MANIFEST, SPLITS, Dataset, Edges, Relation, read_manifest
 from mixrec.data.ingest import build_dataset
 from mixrec.data.readers import IngestError, read_log
 
@@ -158,5 +157,4 @@ def with_task_weights(config: Config, dataset: Dataset | str | Path) -> Config:
 
 
 def _manifest_info(path: Path) -> dict:
-    m = path / MANIFEST
-    return json.loads(m.read_text()).get("info", {}) if m.is_file() else {}
+    return read_manifest(path).get("info", {}) if (path / MANIFEST).is_file() else {}

@@ -9,6 +9,7 @@ import numpy as np
 
 from mixrec.data.dataset import Dataset
 from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics
+from mixrec.ids import IdLookup
 
 
 def add_parser(sub) -> None:
@@ -62,11 +63,7 @@ def evaluate_filter(model, data: Dataset, ks: Sequence[int], split: str = "test"
 
 
 def _indices(ids: np.ndarray, raw: Sequence[str], where: str) -> np.ndarray:
-    lookup = {str(v): i for i, v in enumerate(ids.tolist())}
-    missing = [r for r in raw if str(r) not in lookup]
-    if missing:
-        raise ValueError(f"{where}: unknown id(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    return np.array([lookup[str(r)] for r in raw], dtype=np.int64)
+    return IdLookup(ids).require(list(raw), where)
 
 
 def retrieve_filter(model, a) -> int:
