@@ -92,7 +92,10 @@ class Retriever:
         b, cs, dim = queries.shape
         cd = self.index.components
         m = min((k + extra) * cd, self.index.size)
-        sims, ids = self.index.search(queries.reshape(b * cs, dim), m)
+        live = np.asarray(weights).reshape(-1) > 0  # pruned components (weight 0) are not searched
+        sims, ids = np.zeros((b * cs, m), np.float32), np.full((b * cs, m), -1, np.int64)
+        if live.any():
+            sims[live], ids[live] = self.index.search(queries.reshape(b * cs, dim)[live], m)
         return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), weights, self.w_dst, k, exclude)
 
     def recommend(self, users: Sequence[int] | np.ndarray, k: int = 100,
