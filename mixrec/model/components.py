@@ -149,11 +149,13 @@ def masked_pool(m: Tensor, keep: Tensor, name: str, gamma: float = 0.1, theta: f
     raise ValueError(f"masked scoring supports max, mean, smoothmax and regsmoothmax, not {name!r}")
 
 
-def kept_components(model, rows: np.ndarray, weight_set: str = "all") -> Tensor | None:
+def kept_components(model, rows: np.ndarray, weight_set: str = "all", source_type: str | None = None
+                    ) -> Tensor | None:
     """(B, C_s) bool of the source components that stay in scoring (weight > 0), or None when all stay."""
-    if not model.weights or weight_set not in model.weights or model.source_type not in model.weights[weight_set]:
+    t = source_type or model.source_type
+    if not model.weights or weight_set not in model.weights or t not in model.weights[weight_set]:
         return None
-    w = np.asarray(model.weights[weight_set][model.source_type])[rows]
+    w = np.asarray(model.weights[weight_set][t])[rows]
     if w.shape[1] == 1 or (w > 0).all():
         return None
     return torch.from_numpy(w > 0)
