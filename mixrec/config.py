@@ -96,6 +96,33 @@ class DistributedConfig(_Strict):
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="'auto': nccl on cuda, gloo on cpu")
 
 
+class InitConfig(_Strict):
+    """Where multi-component types start: random, or the interest clusters of a single-vector model."""
+
+    user_components: Literal["random", "clusters"] = Field(
+        "random", description="'clusters': k-means of each node's engaged item vectors from a single-vector model "
+                              "(PinnerSage-style); the components start at the centroids, items at that model's vectors")
+    from_model: Optional[str] = Field(None, description="directory of a trained model with one component per type "
+                                      "and the same ids; None: pre-train one for `pretrain_epochs`")
+    pretrain_epochs: int = Field(3, ge=1, description="epochs of the single-vector pre-training")
+    kmeans_iters: int = Field(10, ge=1, description="Lloyd iterations of the per-node k-means")
+
+
+class ComponentsRule(_Strict):
+    """A per-node number of components from its training edges (slots beyond it are tied copies)."""
+
+    min_edges_per_component: int = Field(0, ge=0, description="c_u = largest divisor of C <= min(C, max(1, "
+                                         "n_u // m)); 0 keeps C for every node")
+
+
+class PruneConfig(_Strict):
+    """Components left out of retrieval and exact scoring after training (weight 0 in every weight set)."""
+
+    min_weight: float = Field(0.0, ge=0, le=1, description="drop components whose eq. 5 weight is below this")
+    max_cosine: float = Field(1.0, ge=-1, le=1, description="drop a component whose cosine to a kept one of the "
+                              "same node is above this (1.0: off)")
+
+
 class Config(_Strict):
     """Everything that defines a mixrec model and its training run."""
 
@@ -146,6 +173,9 @@ class Config(_Strict):
                              "second, ... (PyTorch-BigGraph's num_edge_chunks): sources and destinations meet "
                              "all partitions in turn more often, for that many more partition swaps")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    components_rule: ComponentsRule = Field(default_factory=ComponentsRule)
+    prune: PruneConfig = Field(default_factory=PruneConfig)
 
     @field_validator("components", "partitions")
     @classmethod

@@ -163,7 +163,14 @@ class Searcher:
         ``extra`` = how many more neighbours per component to fetch so that ``k`` survive the exclusion."""
         b, cs, dim = queries.shape
         m = min((k + extra) * self.index.components, self.index.size)
-        sims, ids = self.index.search(np.ascontiguousarray(queries.reshape(b * cs, dim)), m)
+        flat = np.ascontiguousarray(queries.reshape(b * cs, dim))
+        live = np.asarray(w_src).reshape(-1) > 0  # pruned components (weight 0) are not searched
+        if live.all():
+            sims, ids = self.index.search(flat, m)
+        else:
+            sims, ids = np.zeros((b * cs, m), np.float32), np.full((b * cs, m), -1, np.int64)
+            if live.any():
+                sims[live], ids[live] = self.index.search(np.ascontiguousarray(flat[live]), m)
         w_dst = self.weights(weight_set)[1]
         return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), w_src, w_dst, k, exclude)
 

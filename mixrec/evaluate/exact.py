@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from mixrec.csr import csr_rows
+from mixrec.model.components import kept_components, masked_pool
 from mixrec.model.functional import ALL_DIMS, pool, product_all
 from mixrec.progress import progress_bar
 
@@ -33,8 +34,10 @@ def exact_topk(model, users: np.ndarray, k: int, exclude: tuple[np.ndarray, np.n
             u = users[lo:lo + batch]
             us = us_all[torch.as_tensor(u)]  # (B, C_s, n)
             m = product_all(us, vt, normalized=True)  # (B, C_s, C_d, N)
+            keep = None if source_vectors is not None else kept_components(model, u, source_type=source_type)
             s = pool(m, pooling or cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
-                     dims=ALL_DIMS)
+                     dims=ALL_DIMS) if keep is None else masked_pool(m, keep, pooling or cfg.score_pooling, cfg.gamma,
+                                                                     cfg.theta, cfg.theta_form)
             if exclude is not None:
                 r, c = csr_rows(exclude[0], exclude[1], u)
                 s[torch.as_tensor(r), torch.as_tensor(c)] = -torch.inf

@@ -20,6 +20,7 @@ from mixrec.model.mixture import MixtureModel
 from mixrec.progress import epoch_line, progress_bar
 from mixrec.train.base import CHECKPOINT, RESUMABLE, Callback, ModelTrainer, TrainEvent, epoch_event
 from mixrec.train.device import on_device, resolve_device
+from mixrec.train.levers import prepare, prune_weights
 from mixrec.train.sampler import TrainingEdges, epoch_schedule, make_batches, training_edges
 from mixrec.train.step import train_step
 from mixrec.weights import compute_weight_sets
@@ -42,6 +43,7 @@ class Trainer(ModelTrainer):
         self.callbacks = list(callbacks)
         self.model = MixtureModel.initialise(dataset, config)
         self.states = {t: torch.zeros(len(tab)) for t, tab in self.model.tables.items()}
+        prepare(self)  # init.user_components, components_rule
         self.edges: TrainingEdges = training_edges(dataset, config)
         self.history: list[dict] = []
         self.start_epoch = 0
@@ -80,6 +82,7 @@ class Trainer(ModelTrainer):
         if self.best is not None:
             self.model.tables = {t: v.clone() for t, v in self.best[2].items()}
         self.model.weights = compute_weight_sets(self.model)
+        self.model.weights = prune_weights(self.model)
         self.model.info = {"history": self.history, "edges": self.edges.total,
                            "best_epoch": self.best[1] if self.best else None}
         if self.out is not None:
