@@ -13,6 +13,7 @@ from mixrec.config import Config
 from mixrec.data.dataset import Dataset
 from mixrec.data.ingest import ingest
 from mixrec.data.synthetic import SyntheticSpec, write
+from mixrec.demo_graph import typed_graph_section
 from mixrec.evaluate import evaluate, load_item_labels
 from mixrec.evaluate.labels import ItemLabels
 from mixrec.retrieve import Retriever
@@ -35,7 +36,7 @@ items: train it with `--set components.user=1 --set dim=16` and compare with `mi
 label diversity of the top 50."""
 # Further examples shown after the comparison: each is called with (workdir, echo) and prints its own section.
 # The typed-graph example (several entity types and relations) registers itself here.
-SECTIONS: list[Callable[[Path, Callable[[str], None]], None]] = []
+SECTIONS: list[Callable[[Path, Callable[[str], None]], None]] = [typed_graph_section]
 
 
 def run_demo(workdir: str | Path = "runs/demo", epochs: int | None = None, quick: bool = False,
