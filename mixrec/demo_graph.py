@@ -17,7 +17,8 @@ from mixrec.train import train
 
 SPEC = ExploreSpec(n_accounts=300, n_creators=60, n_topics=6, seed=1)
 EPOCHS = 3
-TRAIN = {"dim": 16, "epochs": EPOCHS, "components.consumer": 3, "components.creator": 1, "components.media": 1}
+TRAIN = {"dim": 16, "epochs": EPOCHS, "batch_size": 256, "negatives.batch": 64, "negatives.uniform": 64,
+         "components.consumer": 3, "components.creator": 1, "components.media": 1}
 
 
 def consumer_creator_lines(model, truth, consumer: int, k: int = 10) -> list[str]:
@@ -25,12 +26,12 @@ def consumer_creator_lines(model, truth, consumer: int, k: int = 10) -> list[str
     raw = model.ids["consumer"][consumer]
     topic = truth.creator_topic[np.array([int(x[1:]) for x in model.ids["creator"]])]
     planted = sorted(int(t) for t in truth.interests[int(raw[1:])] if t >= 0)
-    got = Retriever(model, source_type="consumer", target_type="creator").recommend([consumer], k).items[0]
+    got = Retriever(model, source_type="consumer", target_type="creator").recommend([consumer], k, exclude_seen=False).items[0]
     got = got[got >= 0]
     inside = np.isin(topic[got], planted).sum()
     tops = " ".join(f"t{t} x{n}" for t, n in Counter(topic[got].tolist()).most_common())
     return [f"   consumer {raw}: planted topics {' '.join(f't{t}' for t in planted)}",
-            f"     top {k} creators (follows already seen excluded): topics {tops}; {inside} of {len(got)} in a "
+            f"     top {k} creators (followed ones included): topics {tops}; {inside} of {len(got)} in a "
             f"planted topic; e.g. " + ", ".join(str(model.ids['creator'][c]) for c in got[:4])]
 
 
