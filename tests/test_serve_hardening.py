@@ -1,0 +1,56 @@
+"""Bad input at the HTTP edge: lone surrogates in ids. Each answer is a 4xx JSON error (never a 500), checked
+against what was sent."""
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mixrec.serve import ServeSettings, create_app
+from mixrec.train import train
+from tests.conftest import small_config
+
+LONE = '"\\ud800"'  # a lone surrogate, as a JSON escape (valid JSON, not encodable as UTF-8)
+
+
+@pytest.fixture(scope="module")
+def model(planted, tmp_path_factory):
+    ds, _ = planted
+    return train(ds, small_config(1), tmp_path_factory.mktemp("harden") / "m", progress=False)
+
+
+@pytest.fixture()
+def client(model):
+    app = create_app(ServeSettings(model_dir=str(model.path), max_k=50, max_body_bytes=8192))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        yield c
+
+
+def _post(client, path: str, body: str):
+    return client.post(path, content=body.encode(), headers={"content-type": "application/json"})
+
+
+@pytest.mark.parametrize("path,body,status", [
+    ("/v1/candidates", '{"users": [%s]}' % LONE, 404),
+    ("/v1/candidates", '{"users": ["u000000", %s], "k": 3}' % LONE, 404),
+    ("/v1/candidates/from-history", '{"items": [%s]}' % LONE, 404),
+    ("/v1/candidates/from-history", '{"items": [%s], "relations": [%s]}' % (LONE, LONE), 404),
+    ("/v1/query", '{"user": %s, "query": {"steps": [{"op": "mixture", "k": 5}]}}' % LONE, 404),
+    ("/v1/query", '{"user": "u000000", "query": {"steps": [{"op": %s}]}}' % LONE, 422),
+    ("/v1/query", '{"user": "u000000", "query": {"steps": [{"op": "mixture", %s: 1}]}}' % LONE, 422),
+    ("/v1/candidates", '{"users": ["u000000"], %s: 1}' % LONE, 422),
+])
+def test_lone_surrogates_answer_4xx_with_an_escaped_echo(client, path, body, status):
+    r = _post(client, path, body)
+    assert r.status_code == status, r.text
+    r.content.decode("utf-8")  # strict UTF-8: the echo cannot carry the raw surrogate
+    error = r.json()["error"]
+    assert "\ud800" not in error
+    if status == 404:  # the unknown id is echoed, escaped
+        assert "\\ud800" in error
+        assert r.json()["unknown"] and all("\ud800" not in str(x) for x in r.json()["unknown"])
+
+
+def test_error_bodies_are_strict_utf8_json(client):
+    r = _post(client, "/v1/candidates", '{"users": ["\\ud83d\\ude00", "caf\\u00e9"]}')  # a valid pair, an accent
+    assert r.status_code == 404
+    assert json.loads(r.content.decode("utf-8"))["unknown"] == ["\U0001f600", "café"]
