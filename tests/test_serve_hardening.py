@@ -1,11 +1,13 @@
-"""Bad input at the HTTP edge: lone surrogates in ids. Each answer is a 4xx JSON error (never a 500), checked
+"""Bad input at the HTTP edge: lone surrogates in ids, a corrupt index on reload. Each answer is a 4xx JSON error (never a 500), checked
 against what was sent."""
 import json
+import shutil
 
 import pytest
 from fastapi.testclient import TestClient
 
 from mixrec.serve import ServeSettings, create_app
+from mixrec.serve.state import Snapshot
 from mixrec.train import train
 from tests.conftest import small_config
 
@@ -48,6 +50,27 @@ def test_lone_surrogates_answer_4xx_with_an_escaped_echo(client, path, body, sta
     if status == 404:  # the unknown id is echoed, escaped
         assert "\\ud800" in error
         assert r.json()["unknown"] and all("\ud800" not in str(x) for x in r.json()["unknown"])
+
+
+def _corrupt_index(src, dst):
+    shutil.copytree(src, dst)
+    faiss_files = sorted((dst / "index").glob("*.faiss"))
+    assert faiss_files, "the model directory has a saved index"
+    for f in faiss_files:
+        f.write_bytes(b"not a faiss index" * 64)
+
+
+def test_reload_to_a_corrupt_index_is_422_counted_and_keeps_serving(client, model, tmp_path):
+    Snapshot.load(model.path)  # make sure the served directory has its index saved
+    bad = tmp_path / "corrupt"
+    _corrupt_index(model.path, bad)
+    before = client.get("/v1/model").json()["model"]
+    r = client.post("/admin/reload", json={"model_dir": str(bad)})
+    assert r.status_code == 422, r.text
+    assert "reload failed" in r.json()["error"] and before in r.json()["error"] and str(bad) in r.json()["error"]
+    assert client.get("/v1/model").json()["model"] == before
+    assert client.get("/v1/users/u000000/candidates", params={"k": 3}).status_code == 200
+    assert 'mixrec_events_total{event="reload",outcome="failed"} 1' in client.get("/metrics").text
 
 
 def test_error_bodies_are_strict_utf8_json(client):

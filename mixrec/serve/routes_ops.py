@@ -61,9 +61,11 @@ def reload(request: Request, body: ReloadRequest | None = None,
     except ApiError:
         metrics.event("reload", "busy")
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # any failure to load (bad checksum, missing file, corrupt index): the old one serves
         metrics.event("reload", "failed")
-        raise ApiError(422, f"reload failed, still serving {holder.current.version}: {e}") from None
+        reason = str(e) if isinstance(e, (OSError, ValueError, KeyError)) else f"{type(e).__name__}: {e}"
+        where = body.model_dir if body and body.model_dir else holder.current.path
+        raise ApiError(422, f"reload failed, still serving {holder.current.version}: {where}: {reason}") from None
     metrics.event("reload", "ok")
     return model_info(request, holder.current)
 
