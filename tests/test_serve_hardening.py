@@ -1,4 +1,5 @@
-"""Bad input at the HTTP edge: lone surrogates in ids, a corrupt index on reload. Each answer is a 4xx JSON error (never a 500), checked
+"""Bad input at the HTTP edge: lone surrogates in ids, a corrupt index on reload, loose JSON types,
+NaN ids and the admin token's scheme. Each answer is a 4xx JSON error (never a 500), checked
 against what was sent."""
 import json
 import shutil
@@ -71,6 +72,56 @@ def test_reload_to_a_corrupt_index_is_422_counted_and_keeps_serving(client, mode
     assert client.get("/v1/model").json()["model"] == before
     assert client.get("/v1/users/u000000/candidates", params={"k": 3}).status_code == 200
     assert 'mixrec_events_total{event="reload",outcome="failed"} 1' in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("path,body,field", [
+    ("/v1/candidates", {"users": ["u000000"], "k": True}, "k"),
+    ("/v1/candidates", {"users": ["u000000"], "k": "5"}, "k"),
+    ("/v1/candidates", {"users": ["u000000"], "k": 5.0}, "k"),
+    ("/v1/candidates", {"users": ["u000000"], "exclude_seen": "true"}, "exclude_seen"),
+    ("/v1/candidates", {"users": ["u000000"], "exclude_seen": 1}, "exclude_seen"),
+    ("/v1/candidates", {"users": [True]}, "users"),
+    ("/v1/candidates/from-history", {"items": ["ITEM"], "k": True}, "k"),
+    ("/v1/candidates/from-history", {"items": ["ITEM"], "k": "5"}, "k"),
+    ("/v1/candidates/from-history", {"items": ["ITEM"], "ignore_unknown": "yes"}, "ignore_unknown"),
+    ("/v1/query", {"user": "u000000", "query": {"steps": [{"op": "mixture", "k": 5}]}, "limit": True}, "limit"),
+    ("/v1/query", {"user": "u000000", "query": {"steps": [{"op": "mixture", "k": 5}]}, "limit": "3"}, "limit"),
+    ("/v1/query", {"user": "u000000", "query": {"steps": [{"op": "mixture", "k": 5}]}, "explain": "no"}, "explain"),
+])
+def test_loose_json_types_are_refused(client, model, path, body, field):
+    r = _post(client, path, json.dumps(body).replace('"ITEM"', str(model.ids["item"][0])))
+    assert r.status_code == 422, r.text
+    assert field in r.json()["error"]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/v1/candidates", '{"users": [NaN]}'),
+    ("/v1/candidates", '{"users": [Infinity]}'),
+    ("/v1/candidates/from-history", '{"items": ["ITEM", NaN]}'),
+    ("/v1/query", '{"user": NaN, "query": {"steps": [{"op": "mixture", "k": 5}]}}'),
+    ("/v1/candidates", '{"users": ["u000000"], "k": NaN}'),
+])
+def test_nan_ids_are_refused_by_name(client, model, path, body):
+    r = _post(client, path, body.replace('"ITEM"', str(model.ids["item"][0])))
+    assert r.status_code == 422, r.text
+    assert "NaN" in r.json()["error"] and "Infinity" in r.json()["error"]
+
+
+def test_nan_as_a_string_id_is_just_an_unknown_id(client):
+    r = client.post("/v1/candidates", json={"users": ["NaN"]})
+    assert r.status_code == 404 and r.json()["unknown"] == ["NaN"]
+
+
+def test_admin_token_needs_the_bearer_scheme(model, monkeypatch):
+    monkeypatch.delenv("MIXREC_ADMIN_TOKEN", raising=False)
+    app = create_app(ServeSettings(model_dir=str(model.path), admin_token="s3cret"))
+    with TestClient(app) as c:
+        for header in ("s3cret", "Token s3cret", "Basic s3cret", "Bearers3cret", "Bearer  s3cret x"):
+            r = c.post("/admin/reload", headers={"Authorization": header})
+            assert r.status_code == 401, header
+            assert "Bearer" in r.json()["error"]
+        assert c.post("/admin/reload", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+        assert c.post("/admin/reload", headers={"Authorization": "bearer s3cret"}).status_code == 200  # RFC 7235
 
 
 def test_error_bodies_are_strict_utf8_json(client):

@@ -27,7 +27,7 @@ RawId = Union[int, str]
 
 
 class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no type coercion: "limit": "3" is refused
 
     user: RawId = Field(description="raw user id")
     query: dict[str, Any] = Field(description="the query document (the JSON form of a TOML/YAML query)")
