@@ -147,3 +147,11 @@ def test_a_running_query_does_not_hold_the_candidate_routes_threads(model, monke
         tc.join(60)
     assert served_while_blocked and out["c"].status_code == 200
     assert out["q"].status_code == 200
+
+
+@pytest.mark.parametrize("flag,value,field", [("--max-query-cost", "0", "max_query_cost"),
+                                              ("--query-timeout", "0", "query_timeout_s")])
+def test_serve_cli_rejects_bad_query_bounds(model, capsys, flag, value, field):
+    from mixrec.cli import main
+    assert main(["serve", str(model.path), flag, value]) == 2
+    assert field in capsys.readouterr().err
