@@ -92,11 +92,11 @@ class Guard:
 
     def check(self, step) -> None:
         if self.cancelled is not None:
-            raise QueryStopped(f"query stopped before {step.op} (step {self.steps + 1} run): {self.cancelled}")
+            raise QueryStopped(f"query stopped after {self.steps} step(s), before {step.op}: {self.cancelled}")
         elapsed = monotonic() - self.start
         if elapsed > self.timeout_s:
-            raise QueryStopped(f"query stopped before {step.op} (step {self.steps + 1} run) after {elapsed:.2f} s: "
-                               f"over this server's query deadline of {self.timeout_s:g} s; ask for less work")
+            raise QueryStopped(f"query stopped after {self.steps} step(s), before {step.op}, at {elapsed:.2f} s: over "
+                               f"this server's query deadline of {self.timeout_s:g} s; ask for less work")
         self.steps += 1
 
 
