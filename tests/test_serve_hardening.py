@@ -7,6 +7,7 @@ import shutil
 import pytest
 from fastapi.testclient import TestClient
 
+from mixrec.index import ComponentIndex
 from mixrec.serve import ServeSettings, create_app
 from mixrec.serve.state import Snapshot
 from mixrec.train import train
@@ -61,14 +62,29 @@ def _corrupt_index(src, dst):
         f.write_bytes(b"not a faiss index" * 64)
 
 
-def test_reload_to_a_corrupt_index_is_422_counted_and_keeps_serving(client, model, tmp_path):
+def test_reload_to_a_corrupt_index_is_rebuilt_and_served(client, model, tmp_path):
     Snapshot.load(model.path)  # make sure the served directory has its index saved
     bad = tmp_path / "corrupt"
     _corrupt_index(model.path, bad)
+    r = client.post("/admin/reload", json={"model_dir": str(bad)})
+    assert r.status_code == 200, r.text
+    assert r.json()["index_size"] == model.num("item") * model.components("item")
+    assert client.get("/v1/users/u000000/candidates", params={"k": 3}).status_code == 200
+
+
+def test_a_reload_that_fails_inside_faiss_is_422_counted_and_keeps_serving(client, model, tmp_path, monkeypatch):
+    Snapshot.load(model.path)
+    bad = tmp_path / "corrupt"
+    _corrupt_index(model.path, bad)  # so the reload must build an index, which then fails
+
+    def fail(*a, **kw):
+        raise RuntimeError("Error in faiss::Index: simulated failure while building")
+    monkeypatch.setattr(ComponentIndex, "build", fail)
     before = client.get("/v1/model").json()["model"]
     r = client.post("/admin/reload", json={"model_dir": str(bad)})
     assert r.status_code == 422, r.text
-    assert "reload failed" in r.json()["error"] and before in r.json()["error"] and str(bad) in r.json()["error"]
+    error = r.json()["error"]
+    assert "reload failed" in error and before in error and str(bad) in error and "simulated failure" in error
     assert client.get("/v1/model").json()["model"] == before
     assert client.get("/v1/users/u000000/candidates", params={"k": 3}).status_code == 200
     assert 'mixrec_events_total{event="reload",outcome="failed"} 1' in client.get("/metrics").text
