@@ -315,6 +315,10 @@ def _add_serve(sub) -> None:
     p.add_argument("--max-history", type=int, default=2000, help="most items in one fold-in request")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20)
     p.add_argument("--foldin-steps", type=int, default=30, help="Adagrad steps per fold-in request")
+    p.add_argument("--max-query-cost", type=int, default=None,
+                   help="POST /v1/query: largest estimated cost in work units (default 4,000,000)")
+    p.add_argument("--query-timeout", type=float, default=None,
+                   help="POST /v1/query: seconds after which a query stops at its next step (default 10)")
     p.add_argument("--admin-token", default=None,
                    help="token for POST /admin/reload (default $MIXREC_ADMIN_TOKEN); required off loopback")
     p.set_defaults(func=cmd_serve)
@@ -341,7 +345,9 @@ def cmd_serve(a) -> int:
                                  max_batch=a.max_batch, max_history=a.max_history, max_body_bytes=a.max_body_bytes,
                                  foldin_steps=a.foldin_steps, admin_token=a.admin_token,
                                  ef_search=a.ef_search, nprobe=a.nprobe, workers=a.workers,
-                                 threads=a.threads, rankers=_rankers(a.ranker))
+                                 threads=a.threads, rankers=_rankers(a.ranker),
+                                 **{k: v for k, v in (("max_query_cost", a.max_query_cost),
+                                                      ("query_timeout_s", a.query_timeout)) if v is not None})
     except ValidationError as e:
         raise ValueError("; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())) from None
     print(f"mixrec serve: loading {a.model}, then listening on http://{a.host}:{a.port} (docs at /docs)",

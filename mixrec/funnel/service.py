@@ -2,21 +2,29 @@
 
 The query is validated (structure, then against the served model: weight sets, relations,
 rankers) before anything runs; errors are JSON ``{"error": ..., "step": ..., "argument": ...}``
-with status 422. Serving limits: every ``k``/``n`` at most the server's ``max_k``, and each walk at
-most ``MAX_WALK_STEPS`` walker-steps. Rankers are looked up in ``app.state.funnel_rankers`` (loaded from the
-settings' ``rankers``). The server adds the route to the app with :func:`install_query_route`.
+with status 422. Serving limits: every ``k``/``n`` at most the server's ``max_k``, each walk at
+most ``MAX_WALK_STEPS`` walker-steps, and the whole query's estimated cost (:func:`mixrec.funnel.ops.query_cost`)
+at most the settings' ``max_query_cost`` (422 naming both). While it runs, the query checks before every
+step (sub-queries' too) that it is within ``query_timeout_s`` and that its client is still connected; if not
+it stops there and answers 503. Query work runs on its own threads, so the candidate routes' threads are
+never taken by it. Rankers are looked up in ``app.state.funnel_rankers`` (loaded from the settings'
+``rankers``). The server adds the route to the app with :func:`install_query_route`.
 """
 from __future__ import annotations
 
+import os
 import threading
+from time import monotonic
 from typing import Any, Optional, Union
 
+import anyio
+import anyio.to_thread
 import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from mixrec.funnel.engine import Funnel
-from mixrec.funnel.ops import MAX_WALK_STEPS  # noqa: F401  (re-exported: the limit this module documents)
+from mixrec.funnel.ops import MAX_WALK_STEPS, query_cost  # noqa: F401  (MAX_WALK_STEPS: a limit documented here)
 from mixrec.funnel.query import Query, QueryError
 from mixrec.funnel.rank import FunnelRanker
 from mixrec.funnel.sources import SOURCES
@@ -27,7 +35,7 @@ RawId = Union[int, str]
 
 
 class QueryRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # no type coercion: "limit": "3" is refused
 
     user: RawId = Field(description="raw user id")
     query: dict[str, Any] = Field(description="the query document (the JSON form of a TOML/YAML query)")
@@ -67,25 +75,79 @@ def check_limits(query: Query, max_k: int, where: str = "") -> None:
             check_limits(q, max_k, f"{here} > queries[{j}] > ")
 
 
+class QueryStopped(Exception):
+    """A running query was stopped between steps (deadline passed or client gone)."""
+
+
+class Guard:
+    """One request's stop conditions, checked between steps: a deadline and a cancellation flag."""
+
+    def __init__(self, timeout_s: float):
+        self.start, self.timeout_s = monotonic(), timeout_s
+        self.cancelled: str | None = None
+        self.steps = 0
+
+    def cancel(self, reason: str) -> None:
+        self.cancelled = reason
+
+    def check(self, step) -> None:
+        if self.cancelled is not None:
+            raise QueryStopped(f"query stopped after {self.steps} step(s), before {step.op}: {self.cancelled}")
+        elapsed = monotonic() - self.start
+        if elapsed > self.timeout_s:
+            raise QueryStopped(f"query stopped after {self.steps} step(s), before {step.op}, at {elapsed:.2f} s: over "
+                               f"this server's query deadline of {self.timeout_s:g} s; ask for less work")
+        self.steps += 1
+
+
+_ACTIVE = threading.local()  # the Guard of the query this thread is running
+
+
+class GuardedFunnel(Funnel):
+    """A funnel whose every step (sub-queries' too) first checks the running thread's :class:`Guard`."""
+
+    def _step(self, step, cs, user, trace, depth):
+        guard = getattr(_ACTIVE, "guard", None)
+        if guard is not None:
+            guard.check(step)
+        return super()._step(step, cs, user, trace, depth)
+
+
+def _guarded(guard: Guard, fn, *args):
+    _ACTIVE.guard = guard
+    try:
+        return fn(*args)
+    finally:
+        _ACTIVE.guard = None
+
+
+async def _watch_disconnect(request: Request, guard: Guard, every_s: float = 0.05) -> None:
+    while guard.cancelled is None:
+        if await request.is_disconnected():
+            guard.cancel("the client disconnected")
+            return
+        await anyio.sleep(every_s)
+
+
 def install_query_route(app: FastAPI) -> None:
     """Add ``POST /v1/query`` to an app of :func:`mixrec.serve.app.create_app` (its ``state.holder`` holds the
     served snapshot) and load the rankers its settings name into ``app.state.funnel_rankers``."""
-    holder, settings = app.state.holder, app.state.settings
+    holder, settings, metrics = app.state.holder, app.state.settings, app.state.metrics
     app.state.funnel_rankers = {name: FunnelRanker.load(d) for name, d in settings.rankers.items()}
     cache: dict = {}
     lock = threading.Lock()
+    # query work has its own threads: the candidate routes keep all of the default pool
+    limiter = anyio.CapacityLimiter(settings.threads or os.cpu_count() or 1)
 
     def funnel_for(snapshot) -> Funnel:
         with lock:
             if cache.get("version") != snapshot.version or cache.get("rankers") is not app.state.funnel_rankers:
                 cache.update(version=snapshot.version, rankers=app.state.funnel_rankers,
-                             funnel=Funnel(snapshot.model, index=snapshot.index, rankers=app.state.funnel_rankers))
+                             funnel=GuardedFunnel(snapshot.model, index=snapshot.index,
+                                                  rankers=app.state.funnel_rankers))
             return cache["funnel"]
 
-    @app.post("/v1/query", response_model=QueryResponse, responses=ERRORS, tags=["funnel"])
-    def run_query(body: QueryRequest, request: Request) -> QueryResponse:
-        """Run a funnel query (sources, union, filter, rank, diversify, take) for one known user."""
-        s = holder.current
+    def prepare(body: QueryRequest, s) -> tuple[Query, Funnel, int]:
         try:
             query = Query.from_dict(body.query)
             check_limits(query, settings.max_k)
@@ -93,10 +155,18 @@ def install_query_route(app: FastAPI) -> None:
             funnel.check(query)
         except QueryError as e:
             raise ApiError(422, str(e), step=e.where, argument=e.arg) from None
+        cost, _ = query_cost(query)
+        if cost > settings.max_query_cost:
+            metrics.event("query", "over_budget")
+            raise ApiError(422, f"query too expensive: estimated cost {cost:,} work units, over this server's budget "
+                                f"of {settings.max_query_cost:,} (max_query_cost); ask for fewer walkers, steps, "
+                                "sub-queries or candidates", cost=cost, budget=settings.max_query_cost)
         idx = s.users.find([body.user])
         if idx[0] < 0:
             raise ApiError(404, f"unknown user id(s) {[body.user]}", unknown=[body.user])
-        res = funnel.run(query, int(idx[0]), validate=False)
+        return query, funnel, int(idx[0])
+
+    def respond(body: QueryRequest, s, res) -> QueryResponse:
         c = res.candidates
         n = len(c) if body.limit is None else min(len(c), body.limit)
         ids = s.model.ids[s.model.target_type]
@@ -106,6 +176,27 @@ def install_query_route(app: FastAPI) -> None:
                  for r in range(n)]
         trace = [t.to_dict(ids) for t in res.trace] if body.explain else None
         return QueryResponse(model=s.version, user=body.user, items=items, explain=trace)
+
+    @app.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 503: ERRORS[422]}, tags=["funnel"])
+    async def run_query(body: QueryRequest, request: Request) -> QueryResponse:
+        """Run a funnel query (sources, union, filter, rank, diversify, take) for one known user."""
+        s = holder.current
+        guard = Guard(settings.query_timeout_s)
+        query, funnel, user = prepare(body, s)
+        out: dict = {}
+        async with anyio.create_task_group() as tg:  # the work in a thread; this task watches the client
+            tg.start_soon(_watch_disconnect, request, guard)
+            try:
+                out["res"] = await anyio.to_thread.run_sync(_guarded, guard, funnel.run, query, user, False,
+                                                            limiter=limiter)
+            except QueryStopped as e:
+                out["stopped"] = e
+            finally:
+                tg.cancel_scope.cancel()
+        if "stopped" in out:
+            metrics.event("query", "disconnected" if guard.cancelled else "deadline")
+            raise ApiError(503, str(out["stopped"]), steps_run=guard.steps)
+        return respond(body, s, out["res"])
 
 
 def _raw(ids: np.ndarray, i) -> RawId:

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from mixrec.foldin import FoldInSettings
 from mixrec.serve.errors import ApiError, install_error_handlers
+from mixrec.serve.jsonbody import StrictJSONRoute
 from mixrec.serve.metrics import Metrics
 from mixrec.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
 from mixrec.serve.routes_candidates import candidates_router
@@ -90,6 +91,7 @@ def create_app(settings: ServeSettings, snapshot: Snapshot | None = None, broadc
     app = FastAPI(title="mixrec", version="1", lifespan=lifespan,
                   description="Mixture-embedding candidate retrieval (Brinkman et al. 2020): round-robin KNN "
                               "candidates for known users, folded-in new users and similar items.")
+    app.router.route_class = StrictJSONRoute  # the routes extensions add parse their bodies strictly too
     app.state.holder, app.state.metrics, app.state.settings = holder, metrics, settings
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)

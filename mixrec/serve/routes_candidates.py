@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from mixrec.retrieve import Candidates
 from mixrec.serve.errors import ERRORS, ApiError
+from mixrec.serve.jsonbody import StrictJSONRoute
 from mixrec.serve.schemas import BatchRequest, BatchResponse, CandidatesResponse, HistoryRequest, HistoryResponse
 from mixrec.serve.settings import ServeSettings
 from mixrec.serve.state import Snapshot
@@ -24,7 +25,7 @@ def current_snapshot(request: Request) -> Snapshot:
 
 def candidates_router(settings: ServeSettings) -> APIRouter:
     """The candidate routes, with ``k`` bounded by ``settings.max_k`` in their schema."""
-    router = APIRouter()
+    router = APIRouter(route_class=StrictJSONRoute)
     k_query = Query(min(100, settings.max_k), ge=1, le=settings.max_k,
                     description=f"number of candidates, 1..{settings.max_k}")
 

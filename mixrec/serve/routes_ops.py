@@ -8,13 +8,14 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from mixrec.serve.errors import ApiError
+from mixrec.serve.jsonbody import StrictJSONRoute
 from mixrec.serve.metrics import CONTENT_TYPE
 from mixrec.serve.routes_candidates import current_snapshot
 from mixrec.serve.schemas import ErrorResponse, ModelInfo, ReloadRequest
 from mixrec.serve.settings import ServeSettings, is_loopback
 from mixrec.serve.state import Snapshot
 
-router = APIRouter(tags=["operations"])
+router = APIRouter(tags=["operations"], route_class=StrictJSONRoute)
 RELOAD_ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)}
 
 
@@ -61,9 +62,11 @@ def reload(request: Request, body: ReloadRequest | None = None,
     except ApiError:
         metrics.event("reload", "busy")
         raise
-    except (OSError, ValueError, KeyError) as e:
+    except Exception as e:  # any failure to load (bad checksum, missing file, corrupt index): the old one serves
         metrics.event("reload", "failed")
-        raise ApiError(422, f"reload failed, still serving {holder.current.version}: {e}") from None
+        reason = str(e) if isinstance(e, (OSError, ValueError, KeyError)) else f"{type(e).__name__}: {e}"
+        where = body.model_dir if body and body.model_dir else holder.current.path
+        raise ApiError(422, f"reload failed, still serving {holder.current.version}: {where}: {reason}") from None
     metrics.event("reload", "ok")
     return model_info(request, holder.current)
 
@@ -76,9 +79,11 @@ def authorize(settings: ServeSettings, header: str | None) -> None:
             return
         raise ApiError(403, "admin endpoints are disabled on a non-loopback address without a token; "
                             "start the server with --admin-token or MIXREC_ADMIN_TOKEN")
-    given = (header or "").removeprefix("Bearer ").strip()
-    if not hmac.compare_digest(given.encode(), token.encode()):
-        raise ApiError(401, "missing or wrong admin token; send 'Authorization: Bearer <token>'")
+    scheme, _, given = (header or "").strip().partition(" ")
+    if scheme.lower() != "bearer":  # the scheme is case-insensitive (RFC 7235); the token is not
+        raise ApiError(401, "missing admin token or not the Bearer scheme; send 'Authorization: Bearer <token>'")
+    if not hmac.compare_digest(given.encode("utf-8", "replace"), token.encode()):
+        raise ApiError(401, "wrong admin token; send 'Authorization: Bearer <token>'")
 
 
 __all__ = ["authorize", "router"]

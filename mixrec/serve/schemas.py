@@ -1,4 +1,7 @@
-"""Request and response bodies of the HTTP API (they also make the OpenAPI schema)."""
+"""Request and response bodies of the HTTP API (they also make the OpenAPI schema).
+
+Request bodies are strict: a JSON value of the wrong type is refused (422), never converted
+(``"k": true`` or ``"k": "5"`` is not ``k = 1`` or ``k = 5``; ``"exclude_seen": "yes"`` is not ``true``)."""
 from __future__ import annotations
 
 from typing import Optional, Union
@@ -9,7 +12,7 @@ RawId = Union[int, str]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class Candidate(BaseModel):

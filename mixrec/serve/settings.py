@@ -34,6 +34,10 @@ class ServeSettings(BaseModel):
                                    "(default: the number of CPUs)")
     rankers: dict[str, str] = Field(default_factory=dict, description="funnel rankers for POST /v1/query: "
                                     "name -> directory written by FunnelRanker.save")
+    max_query_cost: int = Field(4_000_000, ge=1, description="POST /v1/query: largest estimated cost in work units "
+                                "(about one walker step or one candidate searched/scored); larger queries get 422")
+    query_timeout_s: float = Field(10.0, gt=0, le=3600, description="POST /v1/query: a query still running after "
+                                   "this many seconds stops at its next step and answers 503")
     workers: int = Field(1, ge=1, le=64, description="server processes, each with its own copy of the model")
     reload_signal: bool = Field(True, description="reload the model directory on SIGHUP")
 
