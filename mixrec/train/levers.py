@@ -10,6 +10,7 @@ import torch
 from mixrec.config import Config
 from mixrec.model.components import components_per_node, masked_weights, prune_mask, segment_kmeans, tie_slots
 from mixrec.model.functional import normalize
+from mixrec.model.mixture import MixtureModel
 
 log = logging.getLogger("mixrec.train")
 
@@ -63,7 +64,6 @@ def _single_model(trainer):
     """(tables, states) of a one-component model: loaded from ``init.from_model`` or pre-trained here."""
     cfg, ds = trainer.config, trainer.dataset
     if cfg.init.from_model:
-        from mixrec.model.mixture import MixtureModel
         src = MixtureModel.load(cfg.init.from_model)
         for t in ds.entity_types:
             if src.components(t) != 1 or not np.array_equal(src.ids[t], ds.ids[t]):
@@ -73,11 +73,10 @@ def _single_model(trainer):
         states = {t: torch.from_numpy(np.load(ck / f"{t}.state.npy")) if (ck / f"{t}.state.npy").is_file()
                   else torch.zeros(ds.num(t)) for t in ds.entity_types}
         return src.tables, states
-    from mixrec.train.trainer import Trainer
     single = cfg.with_overrides({"components": {t: 1 for t in ds.entity_types}, "epochs": cfg.init.pretrain_epochs,
                                  "init.user_components": "random", "components_rule.min_edges_per_component": 0,
                                  "early_stopping.patience": 0, "eval_every": 0})
-    pre = Trainer(ds, single, None, progress=False)
+    pre = type(trainer)(ds, single, None, progress=False)  # the in-memory trainer that asked for the start
     pre.fit()
     return pre.model.tables, pre.states
 
