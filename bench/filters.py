@@ -37,7 +37,7 @@ from mixrec.filters.spectral import SpectralFilter  # noqa: E402
 # hyper-parameters: those needing a refit, then those read at scoring time (tuned without refitting)
 GRIDS = {
     "linear": ({"user_exp": [0.5], "item_exp": [0.5]}, {}),
-    "lowpass": ({"rank": [32, 64, 128]}, {}),
+    "lowpass": ({"rank": [32, 64, 96, 128]}, {}),
     "gfcf": ({"rank": [64, 256], "item_exp": [0.5]}, {"alpha": [0.3, 0.6, 1.0]}),
     "chebyshev": ({"order": [8], "alpha": [0.0]}, {"cutoff": [0.8, 0.9, 0.95], "beta": [0.0]}),
     "cascade": ({}, {"restart": [0.5, 0.85], "carry": [0.6], "steps": [2], "own": [0.0, 1.0, 4.0],
