@@ -33,6 +33,7 @@ from mixrec.funnel import Funnel, Query  # noqa: E402
 from mixrec.funnel.contrib import as_table, contributions  # noqa: E402
 from mixrec.funnel.sources import SOURCE_CODE  # noqa: E402
 from mixrec.model.mixture import MixtureModel  # noqa: E402
+from mixrec.serve.server import configure_threads  # noqa: E402
 from mixrec.train import train  # noqa: E402
 
 NAMES = ("mixture", "graph", "history", "popular")
@@ -52,7 +53,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--model", default=None, help="a trained mixrec model directory (default: train one)")
     p.add_argument("--filter", default=None, help="a fitted graph-filter directory (default: fit one)")
-    p.add_argument("--filter-params", default='{"restart": 0.5, "carry": 0.6, "own": 1.0, "stage_bonus": -0.5}')
+    p.add_argument("--filter-params", default='{"restart": 0.5, "carry": 0.6, "own": 4.0, "stage_bonus": 0.0, "conv_exp": 0.5, "smoothing": 2.0}')
     p.add_argument("--users", type=int, default=None, help="a seeded sample of test users (default: all)")
     p.add_argument("--work", default=str(ROOT / "runs" / "blend"))
     p.add_argument("--rows", default=None, help="write the figures as JSON")
@@ -75,6 +76,7 @@ def main() -> None:
         filt = make_filter(kind, **params).fit(b.eval_data, relations=rels, target=b.target)
     fit_s = time.perf_counter() - t0
     funnel = Funnel(model, filters={"default": filt})
+    configure_threads()  # one thread per query, as the server runs them (FAISS's OpenMP pool costs 20x at p50 under load)
     seen = [b.target] if b.spec["exclude"] == "relation" else True
     q = blend_query(a.quotas, seen)
     users = b.users if a.users is None else np.sort(np.random.default_rng(0).choice(b.users, a.users, False))

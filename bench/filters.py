@@ -37,7 +37,7 @@ from mixrec.filters.spectral import SpectralFilter  # noqa: E402
 # hyper-parameters: those needing a refit, then those read at scoring time (tuned without refitting)
 GRIDS = {
     "linear": ({"user_exp": [0.5], "item_exp": [0.5]}, {}),
-    "lowpass": ({"rank": [32, 64, 128]}, {}),
+    "lowpass": ({"rank": [32, 64, 96, 128]}, {}),
     "gfcf": ({"rank": [64, 256], "item_exp": [0.5]}, {"alpha": [0.3, 0.6, 1.0]}),
     "chebyshev": ({"order": [8], "alpha": [0.0]}, {"cutoff": [0.8, 0.9, 0.95], "beta": [0.0]}),
     "cascade": ({}, {"restart": [0.5, 0.85], "carry": [0.6], "steps": [2], "own": [0.0, 1.0, 4.0],
@@ -146,6 +146,21 @@ def show(r: dict, base: dict | None, name: str) -> None:
     print(line, flush=True)
 
 
+def override_grids(specs: list[str]) -> None:
+    """Apply ``kind.param=v1,v2`` overrides to GRIDS (the parameter keeps its refit/scoring side)."""
+    for spec in specs:
+        key, _, values = spec.partition("=")
+        kind, _, name = key.partition(".")
+        if kind not in GRIDS or not values:
+            raise SystemExit(f"--grid {spec!r}: expected KIND.PARAM=V1,V2 with KIND one of {sorted(GRIDS)}")
+        try:
+            vals = [json.loads(v) for v in values.split(",")]
+        except ValueError as e:
+            raise SystemExit(f"--grid {spec!r}: values must be numbers or JSON literals ({e})") from None
+        refit, score = GRIDS[kind]
+        (refit if name in refit else score)[name] = vals
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
@@ -154,7 +169,10 @@ def main() -> None:
     p.add_argument("--no-als", action="store_true", help="skip the ALS baseline (no ratios)")
     p.add_argument("--work", default=str(ROOT / "runs" / "filters"))
     p.add_argument("--rows", default=None, help="write the rows as JSON")
+    p.add_argument("--grid", nargs="+", default=[], metavar="KIND.PARAM=V1,V2",
+                   help="replace one grid's values, e.g. cascade.own=2,4,8 (new names join the scoring grid)")
     a = p.parse_args()
+    override_grids(a.grid)
     print("command: python bench/filters.py " + " ".join(sys.argv[1:]), flush=True)
     rows = []
     for name in a.datasets:
