@@ -326,3 +326,20 @@ def test_a_byte_flipped_edges_file_is_named_or_harmless(planted, tmp_path, at):
     for s, e in ds.edges.items():
         for f in ("src", "dst", "rel", "weight"):
             np.testing.assert_array_equal(getattr(back.edges[s], f), getattr(e, f))
+
+
+def test_the_index_built_from_a_freshly_trained_model_is_reused_after_loading(planted, tmp_path, caplog):
+    """The model ``train`` returns and the one loaded from its directory have bit-identical vectors, so the
+    index saved from the first is reused by the second (it used to be rebuilt once, as if stale)."""
+    ds, _ = planted
+    model = train(ds, small_config(1), tmp_path / "m", progress=False)
+    first = Retriever(model).recommend(np.arange(20), k=10)
+    saved = tmp_path / "m" / "index" / f"{model.target_type}.flat.faiss"
+    stamp = saved.stat().st_mtime_ns
+    loaded = MixtureModel.load(tmp_path / "m")
+    for t in model.tables:
+        assert np.array_equal(loaded.vectors(t).numpy(), model.vectors(t).numpy())
+    with caplog.at_level(logging.WARNING, logger="mixrec.retrieve"):
+        again = Retriever(loaded).recommend(np.arange(20), k=10)
+    assert "rebuilding" not in caplog.text and saved.stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(again.items, first.items)

@@ -139,7 +139,10 @@ class MixtureModel:
         discard_dir(path / "index")  # an index of the embeddings this save replaces would be stale
         (path / "embeddings").mkdir(parents=True, exist_ok=True)
         for t, tab in self.tables.items():
-            save_array(path / "embeddings" / f"{t}.npy", normalize(tab).numpy().astype(np.float32))
+            unit = normalize(tab).numpy().astype(np.float32)
+            save_array(path / "embeddings" / f"{t}.npy", unit)
+            # from now on this model is the saved one, bit for bit: an index built from either is the same
+            self.tables[t] = torch.from_numpy(unit.copy())
             ids = _id_array(self.ids[t])
             write_ids(path, t, [ids], ids.type)
         (path / "train").mkdir(exist_ok=True)
