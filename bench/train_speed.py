@@ -335,6 +335,19 @@ def _fmt_rounds(values: list[float]) -> str:
     return "/".join(f"{v:,.0f}" for v in values)
 
 
+SWITCHES = {  # on/off options of main(): flag -> help
+    "--scaling": "also train mixrec with 1 worker (HOGWILD scaling)",
+    "--compile": "also train mixrec with compile=true (torch.compile of the step; the first epoch, which includes "
+                 "the compilation, is left out of the rates like every warm-up epoch)",
+    "--softmax": "also train mixrec with its default loss (sampled softmax, temperature 0.1, log-Q) on the same "
+                 "negatives, compiled when --compile is given",
+    "--defaults": "train at Config() defaults (sampled softmax, 256 in-batch + 1024 uniform negatives, batches of "
+                  "1024): single 1 x 64 against the default mixture 4 x 32",
+    "--interleave": "alternate the models round by round (single, mixture, single, ...) instead of running all "
+                    "rounds of one model first",
+}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pbg", action="store_true", help="also install and run PyTorch-BigGraph 1.0.0")
@@ -347,19 +360,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="also write the report here")
     ap.add_argument("--no-micro", action="store_true", help="skip the GEMM / gather micro-benchmark")
     ap.add_argument("--micro-into", type=Path, help="only run the micro-benchmark and add it to this saved report")
-    ap.add_argument("--scaling", action="store_true", help="also train mixrec with 1 worker (HOGWILD scaling)")
-    ap.add_argument("--compile", action="store_true",
-                    help="also train mixrec with compile=true (torch.compile of the step; the first epoch, which "
-                         "includes the compilation, is left out of the rates like every warm-up epoch)")
-    ap.add_argument("--softmax", action="store_true",
-                    help="also train mixrec with its default loss (sampled softmax, temperature 0.1, log-Q) on the "
-                         "same negatives, compiled when --compile is given")
-    ap.add_argument("--defaults", action="store_true",
-                    help="train at Config() defaults (sampled softmax, 256 in-batch + 1024 uniform negatives, "
-                         "batches of 1024): single 1 x 64 against the default mixture 4 x 32")
-    ap.add_argument("--interleave", action="store_true",
-                    help="alternate the models round by round (single, mixture, single, ...) instead of "
-                         "running all rounds of one model first")
+    for flag, text in SWITCHES.items():
+        ap.add_argument(flag, action="store_true", help=text)
     ap.add_argument("--loss", default="margin", choices=["margin", "softmax"], help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--name", default="mixrec", help=argparse.SUPPRESS)

@@ -1,5 +1,7 @@
-"""The offline demo: a planted multi-interest log -> ingest -> train a mixture and a single embedding -> what each
-component retrieves for a user -> the side-by-side evaluation -> the next commands to run."""
+"""The offline demo: a planted multi-interest log, a trained mixture, and what each component retrieves.
+
+A planted multi-interest log -> ingest -> train a mixture and a single embedding -> what each component
+retrieves for a user -> the side-by-side evaluation -> the next commands to run."""
 from __future__ import annotations
 
 import time

@@ -73,9 +73,26 @@ def test_imports_follow_the_layer_table():
     assert not upward, "imports against the layers of docs/architecture.md: " + ", ".join(upward)
 
 
-def test_every_module_says_what_it_owns():
-    bare = [name for name, path in modules().items() if not (ast.get_docstring(ast.parse(path.read_text())) or "").strip()]
-    assert not bare, f"modules without a docstring: {bare}"
+def summary_problem(doc: str | None) -> str | None:
+    """Why ``doc`` lacks a one-line summary (a first line ending in a full stop, then a blank line), or None."""
+    lines = (doc or "").strip().splitlines()
+    if not lines:
+        return "no docstring"
+    if not lines[0].rstrip().endswith(".") or (len(lines) > 1 and lines[1].strip()):
+        return "the first line is not a one-line summary followed by a blank line"
+    return None
+
+
+def test_summary_problem_on_hand_made_docstrings():
+    assert summary_problem("Owns X.") is None and summary_problem("Owns X.\n\nMore about X.") is None
+    assert summary_problem(None) == "no docstring"
+    assert summary_problem("Owns X and\nY.") and summary_problem("Owns X.\nmore") and summary_problem("Owns X")
+
+
+def test_every_module_says_what_it_owns_in_one_line():
+    bad = {name: why for name, path in modules().items()
+           if (why := summary_problem(ast.get_docstring(ast.parse(path.read_text()))))}
+    assert not bad, f"modules without a one-line summary docstring: {bad}"
 
 
 EXAMPLES = re.findall(r"\n### (.+?)\n.*?```python\n(.*?)```", section(

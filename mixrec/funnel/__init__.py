@@ -1,6 +1,7 @@
-"""The Explore-style candidate funnel around mixture retrieval: a query language over sources
-(mixture, history, item-to-item, random walks, popularity), blending, filters, multi-task ranking
-with a value model and a distilled first pass, and diversity re-ranking."""
+"""The Explore-style candidate funnel around mixture retrieval: sources, blending, ranking, re-ranking.
+
+A query language over sources (mixture, history, item-to-item, random walks, popularity), blending,
+filters, multi-task ranking with a value model and a distilled first pass, and diversity re-ranking."""
 from mixrec.funnel.engine import Funnel, FunnelResult, StepTrace
 from mixrec.funnel.query import Query, QueryError, Step
 from mixrec.funnel.rank import FunnelRanker, ValueModel

@@ -1,6 +1,8 @@
-"""Running queries: the :class:`Funnel` holds a model, its index, the interaction history, item labels
-and rankers; :meth:`Funnel.run` executes a :class:`~mixrec.funnel.query.Query` for one user and
-records, per step, what it kept and dropped (:meth:`FunnelResult.explain`).
+"""Running funnel queries: :class:`Funnel` runs a query for one user and records what each step kept.
+
+The :class:`Funnel` holds a model, its index, the interaction history, item labels and rankers;
+:meth:`Funnel.run` executes a :class:`~mixrec.funnel.query.Query` for one user and records, per step, what
+it kept and dropped (:meth:`FunnelResult.explain`).
 """
 from __future__ import annotations
 

@@ -1,5 +1,7 @@
-"""Funnel operations, each declared in one place: its arguments (validator, default), executor, checks
-against a funnel, serving limits and cost estimate. To add a step, register an :class:`Operation` here.
+"""Funnel operations, each declared in one place: to add a step, register an :class:`Operation` here.
+
+An operation declares its arguments (validator, default), its executor, its checks against a funnel, its
+serving limits and its cost estimate.
 
 Cost estimates are in work units, about one walker step or one candidate searched, scored or compared;
 :func:`query_cost` adds them up over a query (sub-queries included) before it runs, from each step's

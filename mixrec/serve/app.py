@@ -1,5 +1,7 @@
-"""The FastAPI application: the model holder, middleware, error handlers and the base routes (candidates,
-operations); other layers add theirs through ``extensions`` (the server adds the funnel's ``POST /v1/query``)."""
+"""The FastAPI application: the model holder, middleware, error handlers and the base routes.
+
+The base routes are the candidates and operations ones; other layers add theirs through ``extensions``
+(the server adds the funnel's ``POST /v1/query``)."""
 from __future__ import annotations
 
 import asyncio

@@ -14,15 +14,29 @@ async def _send_json(send, status: int, body: dict) -> None:
     await send({"type": "http.response.body", "body": data})
 
 
-class BodyLimitMiddleware:
-    """Reject bodies over ``max_bytes`` with 413 before the app parses them (Content-Length or streamed)."""
+class _HttpMiddleware:
+    """ASGI middleware that handles HTTP requests in :meth:`http` and passes every other scope through."""
 
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app):
+        self.app = app
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        return await self.http(scope, receive, send)
+
+    async def http(self, scope, receive, send):
+        raise NotImplementedError
+
+
+class BodyLimitMiddleware(_HttpMiddleware):
+    """Reject bodies over ``max_bytes`` with 413 before the app parses them (Content-Length or streamed)."""
+
+    def __init__(self, app, max_bytes: int):
+        super().__init__(app)
+        self.max_bytes = max_bytes
+
+    async def http(self, scope, receive, send):
         too_big = {"error": f"request body larger than {self.max_bytes} bytes; send smaller batches"}
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
@@ -55,15 +69,14 @@ class BodyLimitMiddleware:
         return await self.app(scope, replay, send)
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(_HttpMiddleware):
     """Count every HTTP request by method, route template and status, and time it."""
 
     def __init__(self, app, metrics: Metrics):
-        self.app, self.metrics = app, metrics
+        super().__init__(app)
+        self.metrics = metrics
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
+    async def http(self, scope, receive, send):
         t0 = time.perf_counter()
         status = 500
 
