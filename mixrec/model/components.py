@@ -1,5 +1,7 @@
-"""Per-node component levers as pure tensor functions: interest-cluster centroids (segment k-means),
-a per-node number of components (tied slots), and the mask of dead or duplicate components."""
+"""Per-node component levers as pure tensor functions: cluster centroids, component counts, dead masks.
+
+Interest-cluster centroids (segment k-means), a per-node number of components (tied slots), and the mask
+of dead or duplicate components."""
 from __future__ import annotations
 
 import numpy as np
