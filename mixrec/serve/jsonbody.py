@@ -1,5 +1,7 @@
-"""Standard JSON request bodies only: ``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser accepts,
-are refused with 422 naming them (a route class for every router of the app)."""
+"""Standard JSON request bodies only: a route class that refuses non-standard numbers with 422.
+
+``NaN``, ``Infinity`` and ``-Infinity``, which Python's parser accepts, are refused with 422 naming them
+(a route class for every router of the app)."""
 from __future__ import annotations
 
 import json
