@@ -34,7 +34,7 @@ Callback = Callable[[TrainEvent], None]
 class ModelTrainer(ABC):
     """A training run: in memory (:class:`~mixrec.train.trainer.Trainer`, with HOGWILD workers), partitioned
     from disk (:class:`~mixrec.train.partitioned.PartitionedTrainer`) or data-parallel over torch.distributed
-    (:class:`~mixrec.train.distributed.DistributedTrainer`). :func:`mixrec.train.train` picks one."""
+    (:class:`~mixrec.train.distributed_trainer.DistributedTrainer`). :func:`mixrec.train.train` picks one."""
 
     callbacks: list[Callback]
 
