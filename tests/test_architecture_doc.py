@@ -3,7 +3,6 @@ module has a docstring, and its "to add ..." examples run against the registries
 import ast
 import importlib
 import re
-from pathlib import Path
 
 import pytest
 
