@@ -141,7 +141,7 @@ def next_commands(work: Path, files: dict, first_item) -> str:
     """The commands a user runs next, on the demo's own files."""
     model = work / "models" / MIXTURE.replace(" ", "_")
     return "\n".join([
-        "5. next: the same steps from the command line (docs/guide.md explains each)",
+        "6. next: the same steps from the command line (docs/guide.md explains each)",
         f"   mixrec train {work / 'data'} --out {work / 'my-model'} --set components.user=4 --set dim=4 --set epochs=8",
         f"   mixrec retrieve {model} --k 100 --out {work / 'candidates.parquet'}",
         f"   mixrec evaluate {model} {work / 'data'} --item-labels {files['items']}",

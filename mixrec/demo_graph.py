@@ -44,7 +44,7 @@ def typed_graph_section(work: Path, echo: Callable[[str], None] = print) -> dict
     with warnings.catch_warnings():  # the generator draws with repeats: a pair can fall in train and test
         warnings.simplefilter("ignore", UserWarning)
         ds = ingest_graph(schema, root / "data", progress=False)
-    echo(f"\n6. typed graph (docs/graphs.md): {schema} declares {', '.join(ds.entity_types)} and relations "
+    echo(f"\n5. typed graph (docs/graphs.md): {schema} declares {', '.join(ds.entity_types)} and relations "
          + ", ".join(f"{r.name} {r.source_type}->{r.target_type}" for r in ds.relations))
     model = train(ds, Config().with_overrides(TRAIN), root / "model", progress=False)
     truth = generate_explore(SPEC)[1]
