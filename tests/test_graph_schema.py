@@ -141,3 +141,15 @@ def test_same_type_retrieval_never_returns_the_query(trained, t):
     q = np.arange(min(50, trained.num(t)))
     got = r.recommend(q, k=8).items
     assert (got >= 0).all() and not (got == q[:, None]).any()
+
+
+def test_explore_generator_holds_out_distinct_pairs():
+    """No (consumer, creator) or (consumer, medium) pair is both in train and in test (naive set check)."""
+    tables, _ = generate_explore(ExploreSpec(n_accounts=200, n_creators=40, seed=3))
+    for name, cols in (("follow", ("consumer_id", "creator_id")), ("like", ("consumer_id", "media_id"))):
+        t = tables[name].to_pydict()
+        pairs = list(zip(t[cols[0]], t[cols[1]]))
+        assert len(pairs) == len(set(pairs)), name
+        train = {p for p, s in zip(pairs, t["split"]) if s == "train"}
+        test = {p for p, s in zip(pairs, t["split"]) if s == "test"}
+        assert test and not (train & test), name

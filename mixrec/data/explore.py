@@ -101,8 +101,9 @@ def generate_explore(spec: ExploreSpec) -> tuple[dict[str, pa.Table], ExploreTru
 
     Creator c has topic ``c % n_topics`` and authors 2-6 media of its topic. Each consumer has 1-3
     distinct interest topics with Dirichlet(1) shares; each follow (like) picks an interest by share, then
-    a uniform creator (medium) of that topic, or with probability ``noise`` a uniform one. Repeats are
-    dropped at ingest. A consumer's follows and likes are held out at random with ``test_fraction``.
+    a uniform creator (medium) of that topic, or with probability ``noise`` a uniform one. Repeated pairs
+    are kept once (first draw), then a consumer's distinct follows and likes are held out at random with
+    ``test_fraction``, so no pair is both in train and in test.
     """
     rng = np.random.default_rng(spec.seed)
     creator_topic = np.arange(spec.n_creators) % spec.n_topics
@@ -110,8 +111,9 @@ def generate_explore(spec: ExploreSpec) -> tuple[dict[str, pa.Table], ExploreTru
     media_author = np.repeat(np.arange(spec.n_creators), per)
     media_topic = creator_topic[media_author]
     interests, shares = _interests(spec, rng)
-    follow_src, follow_dst = _engagements(spec, rng, interests, shares, creator_topic, spec.follows_per_consumer)
-    like_src, like_dst = _engagements(spec, rng, interests, shares, media_topic, spec.likes_per_consumer)
+    follow_src, follow_dst = _distinct(*_engagements(spec, rng, interests, shares, creator_topic,
+                                                     spec.follows_per_consumer))
+    like_src, like_dst = _distinct(*_engagements(spec, rng, interests, shares, media_topic, spec.likes_per_consumer))
     split = lambda n: pa.array(np.where(rng.random(n) < spec.test_fraction, "test", "train"))  # noqa: E731
     tables = {
         "follow": pa.table({"consumer_id": account_ids(follow_src), "creator_id": account_ids(follow_dst),
@@ -123,6 +125,13 @@ def generate_explore(spec: ExploreSpec) -> tuple[dict[str, pa.Table], ExploreTru
                               "split": pa.array(["train"] * len(media_author))}),
     }
     return tables, ExploreTruth(creator_topic, media_topic, media_author, interests)
+
+
+def _distinct(src: np.ndarray, dst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (src, dst) pairs, in the order of their first draw."""
+    key = src.astype(np.int64) * (int(dst.max(initial=0)) + 1) + dst
+    first = np.sort(np.unique(key, return_index=True)[1])
+    return src[first], dst[first]
 
 
 def _interests(spec: ExploreSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
