@@ -18,7 +18,7 @@ from mixrec.funnel import diversify as div
 from mixrec.funnel.features import FeatureTables
 from mixrec.funnel.query import Query, QueryError, Step
 from mixrec.funnel.rank import FunnelRanker
-from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr
+from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr, two_hop_source
 from mixrec.funnel.walk import BipartiteGraph
 from mixrec.index import ComponentIndex
 from mixrec.registry import FUNNEL_OPS
@@ -70,23 +70,33 @@ class FunnelResult:
 
 
 class Funnel:
-    """Everything a query needs. ``history`` = (src, dst, relation code) training edges (default: the
-    model's own); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers."""
+    """Everything a query needs, from ``source_type`` (users) to ``target_type`` (items), by default the model's
+    first relation's types. ``history`` = (src, dst, relation code) training edges (default: the model's own
+    between the two types); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers."""
 
     def __init__(self, model, *, index: ComponentIndex | None = None,
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None,
-                 filters: dict | None = None):
+                 filters: dict | None = None, source_type: str | None = None, target_type: str | None = None):
         self.model = model
-        h = history or (model.train_edges["src"], model.train_edges["dst"], model.train_edges["rel"])
-        self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in h)
-        # the model's own training edges: exclude exactly what Retriever and serving exclude
-        self.searcher = Searcher.for_model(model, index=index, seen=None if history is None else self.seen)
+        self.source_type = source_type or model.source_type
+        self.target_type = target_type or model.target_type
+        self.relations = [r.name for r in model.relations]
+        if history is None:  # the model's own training edges between the two types
+            e = model.train_edges
+            between = [self.relations.index(r) for r in model.relations_between(self.source_type, self.target_type)]
+            m = np.isin(e["rel"], between)
+            history = (e["src"][m], e["dst"][m], e["rel"][m])
+            seen = None  # exclude exactly what Retriever and serving exclude
+        else:
+            seen = self.seen
+        self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in history)
+        self.searcher = Searcher.for_model(model, index=index, source_type=self.source_type,
+                                           target_type=self.target_type, seen=seen)
         self.index = self.searcher.index
         self.labels, self.rankers = labels, dict(rankers or {})
         self.filters = dict(filters or {})  # name -> fitted mixrec.filters model, for graph(model=...)
-        self.n_users, self.n_items = model.num(model.source_type), model.num(model.target_type)
-        self.relations = [r.name for r in model.relations]
+        self.n_users, self.n_items = model.num(self.source_type), model.num(self.target_type)
         self.user_vectors, self.item_vectors = self.searcher.source_vectors, self.searcher.target_vectors
         self._cache: dict = {}
 
@@ -135,6 +145,22 @@ class Funnel:
     def recommend(self, user: int, k: int, weight_set: str = "all", exclude_seen=True) -> CandidateSet:
         """Round-robin mixture retrieval for one user (``exclude_seen``: bool or relation names)."""
         return from_candidates(self.searcher.recommend([user], k, weight_set, exclude_seen), 0, "mixture")
+
+    def two_hop(self, user: int, via: str, relation: str, k_via: int, per_via: int, k: int,
+                weight_set: str = "all", exclude_seen: bool = False) -> CandidateSet:
+        """The user's top ``k_via`` nodes of type ``via`` (round-robin retrieval), then up to ``per_via`` of each
+        one's latest ``relation`` destinations in the model's training edges (see :func:`two_hop_source`)."""
+        searcher = self._cached(("via", via), lambda: Searcher.for_model(
+            self.model, source_type=self.source_type, target_type=via))
+        mid = from_candidates(searcher.recommend([user], k_via, weight_set, exclude_seen), 0, "two_hop")
+        indptr, dst = self._cached(("hop", relation), lambda: self._relation_csr(relation))
+        return two_hop_source(mid, indptr, dst, per_via, k)
+
+    def _relation_csr(self, relation: str) -> tuple[np.ndarray, np.ndarray]:
+        e, code = self.model.train_edges, self.relations.index(relation)
+        m = np.asarray(e["rel"]) == code
+        src_type = self.model.relations[code].source_type
+        return history_csr(e["src"][m], e["dst"][m], self.model.num(src_type))
 
     def similar(self, items: np.ndarray, k: int, weight_set: str = "all") -> Candidates:
         """Item-to-item neighbours from the destination embeddings (each item itself excluded)."""
@@ -265,12 +291,12 @@ class Funnel:
 
     def user_index(self, raw) -> int:
         """Dense index of a raw user id (QueryError if unknown)."""
-        idx = int(self.model.lookup(self.model.source_type).find([raw])[0])
+        idx = int(self.model.lookup(self.source_type).find([raw])[0])
         if idx < 0:
             raise QueryError("query", "user", f"unknown user id {raw!r}")
         return idx
 
     def item_index(self, raw: Sequence) -> np.ndarray:
         """Dense indices of raw item ids (unknown ids dropped)."""
-        idx = self.model.lookup(self.model.target_type).find(list(raw))
+        idx = self.model.lookup(self.target_type).find(list(raw))
         return idx[idx >= 0]

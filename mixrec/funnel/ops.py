@@ -116,6 +116,22 @@ def _rank_limits(a: dict, max_k: int, where: str) -> None:
         raise QueryError(where, "keep", f"at most {max_k} on this server, got {a['keep']}")
 
 
+def _two_hop_check(f, a: dict, where: str) -> None:
+    types, rels = sorted(f.model.tables), {r.name: r for r in f.model.relations}
+    if a["via"] not in types:
+        raise QueryError(where, "via", f"unknown entity type {a['via']!r}; the model has {types}")
+    r = rels.get(a["relation"])
+    if r is None:
+        raise QueryError(where, "relation", f"unknown relation {a['relation']!r}; the model has {sorted(rels)}")
+    if r.source_type != a["via"]:
+        raise QueryError(where, "relation", f"relation {r.name!r} goes {r.source_type} -> {r.target_type}, "
+                                            f"not from via={a['via']!r}")
+    if r.target_type != f.target_type:
+        raise QueryError(where, "relation", f"relation {r.name!r} leads to {r.target_type!r} but this funnel's "
+                                            f"items are {f.target_type!r}; build the funnel with "
+                                            f"target_type={r.target_type!r}")
+
+
 def _diversify_check(f, a: dict, where: str) -> None:
     if a["by"] == "label" and f.labels is None:
         raise QueryError(where, "by", "diversifying by label needs item labels (none were given)")
@@ -138,6 +154,14 @@ _register("popular", Operation(
     {"k": (_int(1, MAX_K), 100), "relation": (_names, None)},
     lambda f, a, cs, user, sub: popular_source(*f.popularity(a["relation"]), a["k"]), source=True,
     cost=lambda a, n: (a["k"], a["k"])))
+_register("two_hop", Operation(
+    {"via": (_name, None), "relation": (_name, None), "k_via": (_int(1, 1000), 20),
+     "per_via": (_int(1, 1000), 5), "k": (_int(1, MAX_K), 100), "weights": (_name, "all"),
+     "exclude_seen": (_bool, False)},
+    lambda f, a, cs, user, sub: f.two_hop(user, a["via"], a["relation"], a["k_via"], a["per_via"], a["k"],
+                                          a["weights"], a["exclude_seen"]),
+    source=True, check=_two_hop_check,
+    cost=lambda a, n: (SEARCH_COST + a["k_via"] * (1 + a["per_via"]), min(a["k"], a["k_via"] * a["per_via"]))))
 _register("similar", Operation(
     {"k": (_int(1, 1000), 20), "weights": (_name, "all")},
     lambda f, a, cs, user, sub: expand_neighbours(cs, f.similar(cs.items, a["k"], a["weights"]), "similar"),

@@ -14,7 +14,7 @@ import numpy as np
 
 from mixrec.retrieve import Candidates
 
-SOURCES = ("mixture", "history", "similar", "walk", "popular", "graph")
+SOURCES = ("mixture", "history", "similar", "walk", "popular", "graph", "two_hop")
 SOURCE_CODE = {name: i for i, name in enumerate(SOURCES)}
 
 
@@ -159,6 +159,28 @@ def history_csr(src: np.ndarray, dst: np.ndarray, n_users: int) -> tuple[np.ndar
     indptr = np.zeros(n_users + 1, np.int64)
     np.cumsum(np.bincount(s, minlength=n_users), out=indptr[1:])
     return indptr, d[order]
+
+
+def two_hop_source(mid: CandidateSet, indptr: np.ndarray, dst: np.ndarray, per_via: int, k: int) -> CandidateSet:
+    """Items one relation away from intermediate nodes ``mid`` (e.g. retrieved creators -> their media).
+
+    ``(indptr, dst)``: the relation's destinations per intermediate node, in log order (latest last; see
+    :func:`history_csr`). Each node ``v`` with score ``s_v`` contributes its ``per_via`` latest destinations;
+    the one at 0-based position ``j`` from the latest scores ``s_v / (j + 1)``. An item reached from several
+    nodes keeps its best-scoring occurrence (ties: the better-ranked node). ``seed`` is that node's dense index
+    *in the intermediate type* (not an item index); ``component`` is the user component that retrieved it.
+    The top ``k`` are returned, best first.
+    """
+    if len(mid) == 0:
+        return CandidateSet.empty()
+    starts, ends = indptr[mid.items], indptr[mid.items + 1]
+    n = np.minimum(ends - starts, per_via)
+    row = np.repeat(np.arange(len(mid)), n)
+    j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position from the latest
+    items = dst[np.repeat(ends, n) - 1 - j]
+    out = CandidateSet.make(items, mid.scores[row] / (j + 1), "two_hop", seed=mid.items[row],
+                            component=mid.component[row])
+    return dedup(out).head(k)
 
 
 def expand_neighbours(parent: CandidateSet, neigh: Candidates, source: str) -> CandidateSet:
