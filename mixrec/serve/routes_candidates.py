@@ -10,7 +10,8 @@ from fastapi.responses import Response
 from mixrec.retrieve import Candidates
 from mixrec.serve.errors import ERRORS, ApiError
 from mixrec.serve.jsonbody import StrictJSONRoute
-from mixrec.serve.schemas import BatchRequest, BatchResponse, CandidatesResponse, HistoryRequest, HistoryResponse
+from mixrec.serve.schemas import (BatchRequest, BatchResponse, CandidatesResponse, HistoryRequest, HistoryResponse,
+                                  TypedCandidatesResponse)
 from mixrec.serve.settings import ServeSettings
 from mixrec.serve.state import Snapshot
 
@@ -69,7 +70,31 @@ def candidates_router(settings: ServeSettings) -> APIRouter:
         cands = _run(s.similar, items, k, weights)
         return _json({"user": None, "items": _items(s, cands, 0), "model": s.version, "weights": weights, "k": k})
 
+    @router.get("/v1/{entity_type}/{entity_id}/candidates", response_model=TypedCandidatesResponse,
+                responses=ERRORS, tags=["candidates"])
+    def typed_candidates(entity_type: str, entity_id: str, to: str | None = None, k: int = k_query,
+                         weights: str = "all", exclude_seen: bool = True,
+                         s: Snapshot = Depends(current_snapshot)) -> Response:
+        """Top-k nodes of type ``to`` (default: the model's target type) for one known node of ``entity_type``:
+        retrieval between any two entity types (their training edges excluded by default; between two
+        nodes of one type, the query itself always)."""
+        target = s.model.target_type if to is None else to
+        _check_type(s, entity_type, 404, "")
+        _check_type(s, target, 422, "to=")
+        src = _lookup(s.model.lookup(entity_type).find([entity_id]), [entity_id], entity_type)
+        cands = _run(s.candidates, entity_type, target, src, k, weights, exclude_seen)
+        raw = s.model.ids[entity_type][int(src[0])]
+        return _json({"source_type": entity_type, "target_type": target,
+                      "id": raw.item() if isinstance(raw, np.generic) else raw,
+                      "items": _items(s, cands, 0, target), "model": s.version, "weights": weights, "k": k})
+
     return router
+
+
+def _check_type(s: Snapshot, entity_type: str, status: int, where: str) -> None:
+    if entity_type not in s.model.tables:
+        raise ApiError(status, f"unknown entity type {where}{entity_type!r}; this model has {s.entity_types}",
+                       types=s.entity_types)
 
 
 def _history(body: HistoryRequest, s: Snapshot, settings: ServeSettings):
@@ -125,10 +150,11 @@ def _raw(s: Snapshot, side: str, i: int):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _items(s: Snapshot, c: Candidates, row: int) -> list[dict]:
-    """One row of candidates as JSON-ready dicts (the :class:`Candidate` schema), built from numpy in bulk."""
+def _items(s: Snapshot, c: Candidates, row: int, target_type: str | None = None) -> list[dict]:
+    """One row of candidates (ids of ``target_type``, default the model's) as JSON-ready dicts (the
+    :class:`Candidate` schema), built from numpy in bulk."""
     keep = c.items[row] >= 0
-    raw = s.model.ids[s.model.target_type][c.items[row][keep]].tolist()
+    raw = s.model.ids[target_type or s.model.target_type][c.items[row][keep]].tolist()
     scores = c.scores[row][keep].astype(np.float64).tolist()
     comps = c.components[row][keep].tolist()
     return [{"item": i, "score": sc, "rank": r, "component": cp}

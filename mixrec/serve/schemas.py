@@ -35,6 +35,18 @@ class CandidatesResponse(UserCandidates):
     k: int
 
 
+class TypedCandidatesResponse(BaseModel):
+    """Candidates of one entity type for one node of another (or the same) type of a typed-graph model."""
+
+    source_type: str
+    target_type: str
+    id: RawId = Field(description="the raw id of the query node in its source type")
+    items: list[Candidate] = Field(description="raw ids of the target type, best first")
+    model: str = Field(description="content id of the model that answered (changes on reload)")
+    weights: str
+    k: int
+
+
 class BatchRequest(_Body):
     users: list[RawId] = Field(min_length=1, description="raw user ids (at most the server's max_batch)")
     k: Optional[int] = Field(None, ge=1, description="candidates per user (default min(100, max_k))")

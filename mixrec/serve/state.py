@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from mixrec.config import IndexConfig
 from mixrec.foldin import FoldInSettings, fold_in_model
 from mixrec.ids import IdLookup
 from mixrec.index import ComponentIndex
@@ -36,6 +38,11 @@ class Snapshot:
     users: IdLookup
     items: IdLookup
     foldin: FoldInSettings
+    index_config: IndexConfig | None = None  # the served index config (the model's, with the load's overrides)
+    # searchers of other (source, target) type pairs and indexes of other target types, built on first use
+    _searchers: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _indexes: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -67,7 +74,7 @@ class Snapshot:
         model.seen()
         return cls(model=model, path=path, version=version, searcher=searcher,
                    target_tensor=torch.from_numpy(searcher.target_vectors), users=model.lookup(model.source_type),
-                   items=model.lookup(model.target_type), foldin=foldin or FoldInSettings())
+                   items=model.lookup(model.target_type), foldin=foldin or FoldInSettings(), index_config=cfg)
 
     # ----------------------------------------------------------------- queries
     @property
@@ -85,6 +92,46 @@ class Snapshot:
     @property
     def weight_sets(self) -> list[str]:
         return self.searcher.weight_sets
+
+    @property
+    def entity_types(self) -> list[str]:
+        """The model's entity types (every pair of them can be searched)."""
+        return sorted(self.model.tables)
+
+    def searcher_for(self, source_type: str, target_type: str) -> Searcher:
+        """The searcher from ``source_type`` to ``target_type``, built (with its target type's index) on first
+        use and kept for the snapshot's life; the model's own pair is :attr:`searcher`. KeyError names the types."""
+        bad = [t for t in (source_type, target_type) if t not in self.model.tables]
+        if bad:
+            raise KeyError(f"unknown entity type {bad[0]!r}; this model has {self.entity_types}")
+        if (source_type, target_type) == (self.searcher.source_type, self.searcher.target_type):
+            return self.searcher
+        with self._lock:  # one build per pair even when requests for it arrive together
+            if (source_type, target_type) not in self._searchers:
+                self._searchers[source_type, target_type] = Searcher(self.model, self._index(target_type),
+                                                                     source_type, target_type)
+            return self._searchers[source_type, target_type]
+
+    def _index(self, target_type: str) -> ComponentIndex:
+        """The index over one target type (the served one for the model's target type); call under the lock."""
+        if target_type == self.searcher.target_type:
+            return self.searcher.index
+        if target_type not in self._indexes:
+            cfg = self.index_config or self.model.config.index
+            try:
+                self._indexes[target_type] = load_or_build_index(self.model, target_type, cfg)
+            except OSError as e:  # read-only model directory: keep the index in memory
+                log.warning("could not save the %s index into %s (%s); building it in memory", target_type,
+                            self.path, e)
+                self._indexes[target_type] = ComponentIndex.build(self.model.vectors(target_type).numpy(), cfg)
+        return self._indexes[target_type]
+
+    def candidates(self, source_type: str, target_type: str, sources: np.ndarray, k: int, weight_set: str = "all",
+                   exclude_seen: bool = True) -> Candidates:
+        """Top ``k`` targets of ``target_type`` for dense ``source_type`` indices (same result as
+        ``Retriever(model, source_type=..., target_type=...).recommend``); KeyError names unknown sets."""
+        self.weights(weight_set)
+        return self.searcher_for(source_type, target_type).recommend(sources, k, weight_set, exclude_seen)
 
     def weights(self, weight_set: str) -> tuple[np.ndarray, np.ndarray]:
         """(w_source, w_target) of a weight set; KeyError names the available sets."""
