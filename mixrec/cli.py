@@ -51,7 +51,7 @@ def cmd_ingest(a) -> int:
         if not a.schema or a.paths:
             raise SystemExit("mixrec ingest: give either input files or --schema graph.toml, not both or neither")
         from mixrec.data.schema import ingest_graph
-        ingest_graph(a.schema, a.out, progress=True)
+        ingest_graph(a.schema, a.out, overwrite=a.overwrite or None, progress=True)
         return 0
     report = ingest(a.paths, a.out, source_col=a.source_col, target_col=a.target_col, relation_col=a.relation_col,
                     weight_col=a.weight_col, timestamp_col=a.timestamp_col, split_col=a.split_col, split=a.split,

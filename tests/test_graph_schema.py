@@ -153,3 +153,20 @@ def test_explore_generator_holds_out_distinct_pairs():
         train = {p for p, s in zip(pairs, t["split"]) if s == "train"}
         test = {p for p, s in zip(pairs, t["split"]) if s == "test"}
         assert test and not (train & test), name
+
+
+def test_schema_ingest_refuses_a_folder_that_is_not_a_dataset(tmp_path):
+    """`ingest --schema` guards --out as plain ingest does: a foreign folder is kept unless overwrite is given."""
+    schema = write_explore(ExploreSpec(n_accounts=60, n_creators=12, seed=2), tmp_path / "raw")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a mixrec dataset"):
+        ingest_graph(schema, foreign, progress=False)
+    assert (foreign / "notes.txt").read_text() == "keep me"
+    assert main(["ingest", "--schema", str(schema), "--out", str(foreign)]) == 2
+    assert (foreign / "notes.txt").is_file()
+    ingest_graph(schema, tmp_path / "data", progress=False)
+    ingest_graph(schema, tmp_path / "data", progress=False)  # a dataset directory is replaced
+    ingest_graph(schema, foreign, overwrite=True, progress=False)
+    assert not (foreign / "notes.txt").exists()

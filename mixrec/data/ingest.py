@@ -368,7 +368,7 @@ def _check_train(rel: np.ndarray, codes: np.ndarray, rel_names: list[str], origi
     return {name: {s: int(table[r, i]) for i, s in enumerate(SPLITS)} for r, name in enumerate(rel_names)}
 
 
-def _check_out(out: Path, overwrite: bool | None) -> None:
+def check_out(out: Path, overwrite: bool | None) -> None:
     """Refuse to replace what is at ``out`` unless allowed (see :func:`ingest`'s ``overwrite``)."""
     if overwrite or not out.exists():
         return
@@ -398,7 +398,7 @@ def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_
     names = [str(paths)] if isinstance(paths, (str, Path)) else [str(p) for p in paths]
     _check_options(", ".join(names), split, split_col, timestamp_col, test_fraction, valid_fraction)
     out = Path(out)
-    _check_out(out, overwrite)
+    check_out(out, overwrite)
     wanted = _wanted(source_col, target_col, split, relation_col, weight_col, timestamp_col, split_col)
     table = read_log(paths, columns=wanted, delimiter=delimiter,
                      string_columns=[c for c in (source_col, target_col, relation_col, split_col) if c])
@@ -409,7 +409,7 @@ def ingest(paths: str | Path | Sequence[str | Path], out: str | Path, *, source_
         default_relation=default_relation)
     report.seconds = time.perf_counter() - start
     dataset.info = {"ingest": report.to_dict()}  # with the total time, reading included
-    dataset.save(out, overwrite=True)  # _check_out allowed it
+    dataset.save(out, overwrite=True)  # check_out allowed it
     if progress:
         print(report.summary(), file=sys.stderr)
     return report

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from mixrec.config import Config, ConfigError, read_mapping
 from mixrec.data.dataset import MANIFEST, SPLITS, Dataset, Edges, Relation, read_manifest
-from mixrec.data.ingest import build_dataset
+from mixrec.data.ingest import build_dataset, check_out
 from mixrec.data.readers import IngestError, read_log
 
 TASK_WEIGHTS = "task_weights"  # key of Dataset.info holding each relation's schema weight
@@ -129,16 +129,17 @@ def merge_typed(parts: list[Dataset], schema: GraphSchema, seconds: float = 0.0)
     return Dataset(ids=ids, relations=relations, edges=merged, info=info)
 
 
-def ingest_graph(schema_path: str | Path, out: str | Path, *, overwrite: bool = True,
+def ingest_graph(schema_path: str | Path, out: str | Path, *, overwrite: bool | None = None,
                  progress: bool = True) -> Dataset:
-    """``mixrec ingest --schema graph.toml --out data/``: read, validate, merge and write the dataset directory."""
+    """``mixrec ingest --schema graph.toml --out data/``: read, validate, merge and write the dataset directory
+    (``overwrite`` as in :func:`mixrec.data.ingest.ingest`: by default only a dataset directory or an empty
+    folder is replaced)."""
     schema_path = Path(schema_path)
     schema = GraphSchema.load(schema_path)
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (or --overwrite) to replace it")
+    check_out(out, overwrite)
     ds = build_graph(schema, schema_path.parent)
-    ds.save(out, overwrite=overwrite)
+    ds.save(out, overwrite=True)
     if progress:
         ents = ", ".join(f"{ds.num(t):,} {t}" for t in ds.entity_types)
         rels = "; ".join(f"{r}: " + " ".join(f"{s} {n:,}" for s, n in c.items()) for r, c in ds.counts().items())
