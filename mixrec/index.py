@@ -11,7 +11,7 @@ import faiss
 import numpy as np
 
 from mixrec.config import IndexConfig
-from mixrec.io import atomic_file, save_json, sha256
+from mixrec.io import atomic_file, save_json
 from mixrec.registry import INDEX_BACKENDS
 
 
@@ -115,12 +115,12 @@ class ComponentIndex:
         and ``embeddings``, the :func:`embeddings_digest` of the vectors it was built from."""
         path = Path(path)
         cpu = self.index if self.gpu_resources is None else faiss.index_gpu_to_cpu(self.index)
-        data = faiss.serialize_index(cpu)
+        raw = faiss.serialize_index(cpu).tobytes()
         with atomic_file(path) as fh:
-            fh.write(data.tobytes())
+            fh.write(raw)
         save_json(path.with_suffix(".json"), {"n_items": self.n_items, "components": self.components,
                                               "config": self.config.model_dump(), "embeddings_sha256": embeddings,
-                                              "sha256": hashlib.sha256(data.tobytes()).hexdigest()})
+                                              "sha256": hashlib.sha256(raw).hexdigest()})
 
     @staticmethod
     def read_sidecar(path: str | Path) -> dict:
@@ -152,10 +152,14 @@ class ComponentIndex:
         if verify and not meta.get("sha256"):
             raise IndexFileError(f"{path}: its sidecar lists no checksum (an index saved by an older mixrec); "
                                  "delete it so it is rebuilt, or load it with verify=False")
-        if verify and sha256(path) != meta["sha256"]:
+        try:
+            raw = path.read_bytes()  # read once: checksummed and deserialised from the same bytes
+        except OSError as e:
+            raise IndexFileError(f"{path}: unreadable ({e}); delete it so it is rebuilt") from None
+        if verify and hashlib.sha256(raw).hexdigest() != meta["sha256"]:
             raise IndexFileError(f"{path}: modified since it was saved (checksum mismatch); delete it so it is rebuilt")
         try:
-            index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+            index = faiss.deserialize_index(np.frombuffer(raw, dtype=np.uint8))
         except (RuntimeError, OSError) as e:
             raise IndexFileError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0] if str(e) else e}); "
                                  "delete it so it is rebuilt") from None

@@ -73,10 +73,10 @@ def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_ds
 
 def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
     """The model directory's saved index for this config, or a fresh one (saved when the model has a path)."""
-    path = None
+    path = digest = None
     vectors = model.vectors(target_type).numpy()
-    digest = embeddings_digest(vectors)
-    if model.path is not None:
+    if model.path is not None:  # only a saved index is tied to the embeddings it was built from
+        digest = embeddings_digest(vectors)
         path = Path(model.path) / "index" / f"{target_type}.{config.kind}.faiss"
         if path.is_file():
             saved = _saved_index(path, config, digest)

@@ -142,7 +142,7 @@ class MixtureModel:
             unit = normalize(tab).numpy().astype(np.float32)
             save_array(path / "embeddings" / f"{t}.npy", unit)
             # from now on this model is the saved one, bit for bit: an index built from either is the same
-            self.tables[t] = torch.from_numpy(unit.copy())
+            self.tables[t] = torch.from_numpy(unit)  # astype made it a fresh array
             ids = _id_array(self.ids[t])
             write_ids(path, t, [ids], ids.type)
         (path / "train").mkdir(exist_ok=True)
