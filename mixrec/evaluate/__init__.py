@@ -109,7 +109,7 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
                 _, cands = retrievers[(s_t, d_t)].recommend_all(kmax, users=users, exclude_seen=excl,
                                                                 progress=progress)
                 top = cands.items
-                w_src = model.mixture_weights(s_t, weight_set)
+                w_src = retrievers[(s_t, d_t)].w_src  # the weight set the retriever already holds
                 report["diagnostics"]["relations"][name] = _retrieval_diagnostics(cands, truth, ks, w_src[users])
             metrics = evaluate_topk(top, truth, ks, n_items, labelled, dominant)
             metrics["seconds"] = time.perf_counter() - t0

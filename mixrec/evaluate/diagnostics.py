@@ -5,6 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
+from mixrec.csr import csr_from_pairs, csr_rows
 from mixrec.evaluate.labels import ItemLabels
 from mixrec.evaluate.metrics import hit_matrix
 
@@ -133,13 +134,11 @@ def minority_recall(topk: np.ndarray, truth_indptr: np.ndarray, truth_indices: n
     row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
     lab_ptr, lab_idx = labels.indptr, labels.indices
     n_lab = np.diff(lab_ptr)[idx]
-    lab_row = np.repeat(np.arange(len(idx)), n_lab)
-    lab = lab_idx[np.repeat(lab_ptr[idx], n_lab) + np.arange(n_lab.sum()) - np.repeat(np.cumsum(n_lab) - n_lab, n_lab)]
+    lab_row, lab = csr_rows(lab_ptr, lab_idx, idx)  # (position in idx, label) of every relevant item's labels
     in_dominant = np.bincount(lab_row, weights=dominant[row[lab_row], lab], minlength=len(idx)) > 0
     minority = (n_lab > 0) & ~in_dominant
     m_rows, m_items = row[minority], idx[minority]
-    m_ptr = np.zeros(len(ptr), np.int64)
-    np.cumsum(np.bincount(m_rows, minlength=len(ptr) - 1), out=m_ptr[1:])
+    m_ptr, m_items = csr_from_pairs(m_rows, m_items, len(ptr) - 1, dedupe=False)
     n_min = np.diff(m_ptr)
     hits = hit_matrix(topk, m_ptr, m_items)
     cum = np.cumsum(hits, axis=1)

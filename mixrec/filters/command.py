@@ -9,6 +9,7 @@ import numpy as np
 
 from mixrec.data.dataset import Dataset
 from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics
+from mixrec.filters.base import binary_matrix
 from mixrec.ids import IdLookup
 
 
@@ -52,9 +53,7 @@ def evaluate_filter(model, data: Dataset, ks: Sequence[int], split: str = "test"
     seen = None
     if exclude_seen != "none":
         tr = data.split("train", relations=None if exclude_seen == "all" else [rel])
-        import scipy.sparse as sp
-        seen = sp.csr_matrix((np.ones(len(tr.src), np.float32), (tr.src, tr.dst)),
-                             shape=(model.n_users, model.n_items))
+        seen = binary_matrix(tr.src, tr.dst, model.n_users, model.n_items)
     top, _ = model._ranked(lambda lo, hi: model.score_users(users[lo:hi]), len(users), max(ks),
                            (lambda lo, hi: seen[users[lo:hi]]) if seen is not None else None, batch)
     metrics = ranking_metrics(top, truth[0], truth[1], ks)

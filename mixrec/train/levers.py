@@ -23,11 +23,11 @@ def node_counts(trainer) -> dict[str, torch.Tensor]:
     """Per multi-component type: each node's number of components under ``components_rule`` (C when off)."""
     cfg, ds = trainer.config, trainer.dataset
     out = {}
+    tr = ds.split("train") if cfg.components_rule.min_edges_per_component else None
     for t in multi_types(cfg, ds.entity_types):
         c, m = cfg.components_of(t), cfg.components_rule.min_edges_per_component
         if not m:
             continue
-        tr = ds.split("train")
         deg = np.zeros(ds.num(t), np.int64)
         for code, r in enumerate(ds.relations):
             keep = tr.rel == code
@@ -43,9 +43,9 @@ def prepare(trainer) -> None:
     """Apply ``init`` and ``components_rule`` to a fresh trainer's tables (and Adagrad states); registers the
     callback that keeps tied slots tied after every epoch."""
     cfg = trainer.config
-    if cfg.init.user_components == "clusters":
-        _cluster_init(trainer)
     counts = node_counts(trainer)
+    if cfg.init.user_components == "clusters":
+        _cluster_init(trainer, counts)
     if not counts:
         return
     trainer.component_counts = counts
@@ -81,12 +81,12 @@ def _single_model(trainer):
     return pre.model.tables, pre.states
 
 
-def _cluster_init(trainer) -> None:
-    """Every multi-component source type starts at its nodes' interest clusters; items at the single vectors."""
+def _cluster_init(trainer, counts: dict[str, torch.Tensor]) -> None:
+    """Every multi-component source type starts at its nodes' interest clusters (``counts``: per-node component
+    counts from :func:`node_counts`); items at the single vectors."""
     cfg, ds = trainer.config, trainer.dataset
     tables, states = _single_model(trainer)
     tr = ds.split("train")
-    counts = node_counts(trainer)
     for t in ds.entity_types:
         if cfg.components_of(t) == 1:
             trainer.model.tables[t] = tables[t].clone()
@@ -102,7 +102,7 @@ def _cluster_init(trainer) -> None:
         seg = torch.from_numpy(np.concatenate([pairs[0][d_types == d] for d in np.unique(d_types)])
                                if len(pairs[0]) else np.zeros(0, np.int64))
         k = counts.get(t, c)
-        cent = segment_kmeans(x.float(), seg, ds.num(t), k if isinstance(k, int) else k, cfg.init.kmeans_iters,
+        cent = segment_kmeans(x.float(), seg, ds.num(t), k, cfg.init.kmeans_iters,
                               cfg.seed)
         if cent.shape[1] < c:  # per-node counts below C everywhere: pad with copies (tied later)
             cent = tie_slots(torch.cat([cent, cent.new_zeros(len(cent), c - cent.shape[1], cfg.dim)], 1),
