@@ -72,12 +72,15 @@ class FunnelResult:
 class Funnel:
     """Everything a query needs, from ``source_type`` (users) to ``target_type`` (items), by default the model's
     first relation's types. ``history`` = (src, dst, relation code) training edges (default: the model's own
-    between the two types); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers."""
+    between the two types); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers;
+    ``searcher``: an already built :class:`~mixrec.search.Searcher` of the two types to share (serving passes
+    its snapshot's, so the vectors and weight sets are not materialised twice)."""
 
     def __init__(self, model, *, index: ComponentIndex | None = None,
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None,
-                 filters: dict | None = None, source_type: str | None = None, target_type: str | None = None):
+                 filters: dict | None = None, source_type: str | None = None, target_type: str | None = None,
+                 searcher: Searcher | None = None):
         self.model = model
         self.source_type = source_type or model.source_type
         self.target_type = target_type or model.target_type
@@ -91,8 +94,11 @@ class Funnel:
         else:
             seen = self.seen
         self.src, self.dst, self.rel = (np.asarray(a, np.int64) for a in history)
-        self.searcher = Searcher.for_model(model, index=index, source_type=self.source_type,
-                                           target_type=self.target_type, seen=seen)
+        if searcher is not None and (seen is not None or (searcher.source_type, searcher.target_type)
+                                     != (self.source_type, self.target_type)):
+            raise ValueError("searcher= serves the model's own history between the funnel's two types only")
+        self.searcher = searcher or Searcher.for_model(model, index=index, source_type=self.source_type,
+                                                       target_type=self.target_type, seen=seen)
         self.index = self.searcher.index
         self.labels, self.rankers = labels, dict(rankers or {})
         self.filters = dict(filters or {})  # name -> fitted mixrec.filters model, for graph(model=...)

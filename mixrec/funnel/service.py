@@ -143,7 +143,7 @@ def install_query_route(app: FastAPI) -> None:
         with lock:
             if cache.get("version") != snapshot.version or cache.get("rankers") is not app.state.funnel_rankers:
                 cache.update(version=snapshot.version, rankers=app.state.funnel_rankers,
-                             funnel=GuardedFunnel(snapshot.model, index=snapshot.index,
+                             funnel=GuardedFunnel(snapshot.model, searcher=snapshot.searcher,
                                                   rankers=app.state.funnel_rankers))
             return cache["funnel"]
 
@@ -182,7 +182,8 @@ def install_query_route(app: FastAPI) -> None:
         """Run a funnel query (sources, union, filter, rank, diversify, take) for one known user."""
         s = holder.current
         guard = Guard(settings.query_timeout_s)
-        query, funnel, user = prepare(body, s)
+        # parsing, checks and (after a reload) building the funnel run off the event loop too
+        query, funnel, user = await anyio.to_thread.run_sync(prepare, body, s, limiter=limiter)
         out: dict = {}
         async with anyio.create_task_group() as tg:  # the work in a thread; this task watches the client
             tg.start_soon(_watch_disconnect, request, guard)
@@ -196,7 +197,7 @@ def install_query_route(app: FastAPI) -> None:
         if "stopped" in out:
             metrics.event("query", "disconnected" if guard.cancelled else "deadline")
             raise ApiError(503, str(out["stopped"]), steps_run=guard.steps)
-        return respond(body, s, out["res"])
+        return await anyio.to_thread.run_sync(respond, body, s, out["res"], limiter=limiter)
 
 
 def _raw(ids: np.ndarray, i) -> RawId:
