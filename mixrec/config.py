@@ -146,6 +146,11 @@ class Config(_Strict):
     negative_pooling: Optional[str] = Field(None, description="pooling of negatives; default smoothmax "
                                                 "(max when pooling=max, mean when pooling=mean)")
     score_pooling: str = Field("smoothmax", description="pooling used to rank all items exactly")
+    routing: Literal["none", "soft", "hard"] = Field(
+        "none", description="how a positive's source components score its negatives: 'none' (the paper: every "
+        "component, pooled), 'soft' (the responsibility-weighted sum of the components, responsibilities "
+        "softmax(per-component positive score / gamma), held constant), 'hard' (the component the positive "
+        "selects); the positive keeps its pooling")
     gamma: float = Field(0.1, gt=0, description="smoothmax temperature (eq. 1, 2)")
     theta: float = Field(0.1, ge=0, le=1, description="regularisation of eq. 2")
     theta_form: Literal["mean", "sum"] = Field(

@@ -91,6 +91,10 @@ CASES = [
     {"loss": "softmax", "temperature": 0.3},
     {"loss": "softmax", "logq": False, "pooling": "max"},
     {"loss": "softmax", "components.user": 1, "negatives.batch": 0},
+    {"routing": "soft"},
+    {"routing": "hard", "loss": "margin"},
+    {"routing": "soft", "components.item": 2, "pooling": "smoothmax"},
+    {"routing": "hard", "components.user": 1},
 ]
 
 

@@ -306,6 +306,33 @@ LOSSES.register("margin", LossSpec(margin_loss, margin_loss_with_grad, "margin",
                                    space={"margin": ("float", 0.1, 1.0)}))
 
 
+ROUTINGS = ("none", "soft", "hard")
+
+
+def routing_weights(m_pos: Tensor, mode: str, gamma: float = 0.1) -> Tensor:
+    """Responsibilities r (B, C_s) of each source component for its positive, from M (B, C_s, C_d).
+
+    q_c = max_l M_cl (the component's best match in the positive); 'soft': r = softmax(q / gamma), the
+    weights smoothmax (eq. 1) gives the components; 'hard': one-hot of argmax_c q_c (first on ties).
+    Returned without gradient: the routed query sum_c r_c u_c scores the negatives with r held constant.
+    """
+    q = m_pos.detach().amax(dim=-1)
+    if mode == "soft":
+        return torch.softmax(q / gamma, dim=-1)
+    if mode == "hard":
+        return F.one_hot(q.argmax(dim=-1), q.shape[-1]).to(q.dtype)
+    raise ValueError(f"routing must be one of {ROUTINGS[1:]} here, not {mode!r}")
+
+
+def routed_queries(us: Tensor, m_pos: Tensor, mode: str, gamma: float = 0.1) -> tuple[Tensor, Tensor | None]:
+    """The source vectors that score negatives: ``us`` (B, C_s, n) itself for 'none', else the routed query
+    (B, 1, n) = sum_c r_c u_c; also returns r (None for 'none')."""
+    if mode == "none":
+        return us, None
+    r = routing_weights(m_pos, mode, gamma)
+    return (r.unsqueeze(-1) * us).sum(1, keepdim=True), r
+
+
 def equal_pairs(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     """All ``(i, j)`` with ``a[i] == b[j]`` as two index vectors, without a dense len(a) x len(b) comparison."""
     sb, order = torch.sort(b)

@@ -7,7 +7,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
-from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, normalize_backward, pool_with_grad
+from mixrec.model.functional import ALL_DIMS, PAIR_DIMS, normalize_backward, pool_with_grad, routed_queries
 from mixrec.registry import LOSSES
 from mixrec.train.memory import keep_freed_heap
 
@@ -17,14 +17,15 @@ log = logging.getLogger(__name__)
 def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: Tensor, own_b: Tensor,
                 own_j: Tensor, weight: Tensor, pos_logq: Optional[Tensor], neg_logq: Optional[Tensor], *,
                 pooling: str, neg_pooling: str, loss: str, loss_param: float, gamma: float,
-                theta: float, theta_form: str, shared: bool) -> tuple[Tensor, Tensor, Optional[Tensor]]:
+                theta: float, theta_form: str, shared: bool, routing: str = "none") -> tuple[Tensor, Tensor, Optional[Tensor]]:
     """Loss and gradients of the raw gathered rows ``x_s`` (sources) and ``x_d`` (destinations).
 
     ``inv_s``/``inv_d``/``inv_n`` map positives' sources, positives' destinations and negatives to rows;
     ``(own_b, own_j)`` are the (positive, negative) pairs that hold the positive's own destination.
     With ``shared`` both sides index one table (``x_d`` is ``x_s``) and the one gradient is returned first.
     ``loss`` names a registered loss with a closed-form gradient, ``loss_param`` its knob (margin or
-    temperature); poolings with one too (``functional.pool_with_grad``). Returns ``(loss, grad_s, grad_d or None)``.
+    temperature); poolings with one too (``functional.pool_with_grad``). ``routing`` ('none', 'soft', 'hard')
+    scores the negatives with the routed query sum_c r_c a_c (r constant; ``functional.routed_queries``). Returns ``(loss, grad_s, grad_d or None)``.
     """
     kw = dict(gamma=gamma, theta=theta, theta_form=theta_form)
     norm_s = x_s.norm(dim=-1, keepdim=True)
@@ -37,17 +38,20 @@ def fused_grads(x_s: Tensor, x_d: Tensor, inv_s: Tensor, inv_d: Tensor, inv_n: T
     cd, n_neg = n.shape[1], n.shape[0]
     n_flat = n.transpose(0, 1).reshape(cd * n_neg, dim)
     m_pos = (a.unsqueeze(2) * b.unsqueeze(1)).sum(-1)  # (B, C_s, C_d)
-    m_neg = (a.reshape(n_b * cs, dim) @ n_flat.T).view(n_b, cs, cd, n_neg)
+    query, r = routed_queries(a, m_pos, routing, gamma)  # (B, C_q, n): C_q = C_s, or 1 when routed
+    cq = query.shape[1]
+    m_neg = (query.reshape(n_b * cq, dim) @ n_flat.T).view(n_b, cq, cd, n_neg)
     pos, g_pos = pool_with_grad(m_pos, pooling, dims=PAIR_DIMS, inplace=True, **kw)
     neg, g_neg = pool_with_grad(m_neg, neg_pooling, dims=ALL_DIMS, inplace=True, **kw)  # m_neg becomes g_neg
     neg = neg.index_put((own_b, own_j), torch.tensor(float("-inf"), dtype=neg.dtype, device=neg.device))
     total, d_pos, d_neg = LOSSES.get(loss).with_grad(pos, neg, loss_param, weight=weight, pos_logq=pos_logq,
                                                      neg_logq=neg_logq)
     g_pos = d_pos.view(-1, 1, 1) if g_pos is None else g_pos.mul_(d_pos.view(-1, 1, 1))
-    g_neg = d_neg if g_neg is None else g_neg.mul_(d_neg.view(n_b, 1, 1, n_neg)).view(n_b * cs, cd * n_neg)
-    d_a = (g_pos.unsqueeze(-1) * b.unsqueeze(1)).sum(2).add_((g_neg @ n_flat).view(n_b, cs, dim))
+    g_neg = d_neg if g_neg is None else g_neg.mul_(d_neg.view(n_b, 1, 1, n_neg)).view(n_b * cq, cd * n_neg)
+    d_query = (g_neg @ n_flat).view(n_b, cq, dim)
+    d_a = (g_pos.unsqueeze(-1) * b.unsqueeze(1)).sum(2).add_(d_query if r is None else r.unsqueeze(-1) * d_query)
     d_b = (g_pos.unsqueeze(-1) * a.unsqueeze(2)).sum(1)
-    d_n = (g_neg.T @ a.reshape(n_b * cs, dim)).view(cd, n_neg, dim).transpose(0, 1)
+    d_n = (g_neg.T @ query.reshape(n_b * cq, dim)).view(cd, n_neg, dim).transpose(0, 1)
     grad_s = torch.zeros_like(unit_s).index_add_(0, inv_s, d_a)
     grad_d = grad_s if shared else torch.zeros_like(unit_d)
     grad_d.index_add_(0, inv_d, d_b).index_add_(0, inv_n, d_n)

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 
 from mixrec.config import Config
-from mixrec.model.functional import ALL_DIMS, equal_pairs, has_closed_form, normalize, pool, product, product_all
+from mixrec.model.functional import (ALL_DIMS, equal_pairs, has_closed_form, normalize, pool, product, product_all,
+                                     routed_queries)
 from mixrec.registry import LOSSES
 from mixrec.train.fused import run_fused
 
@@ -99,8 +100,10 @@ def batch_loss(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     neg, un = torch.cat([dst[:nb], uniform]), torch.cat([ud[:nb], uu])
     kw = dict(gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form)
     weight = torch.from_numpy(np.asarray(batch.weight)).to(device, us.dtype)
-    pos = pool(product(us, ud, normalized=True), cfg.pooling, **kw)
-    negs = pool(product_all(us, un, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw)
+    m_pos = product(us, ud, normalized=True)
+    pos = pool(m_pos, cfg.pooling, **kw)
+    query, _ = routed_queries(us, m_pos, cfg.routing, cfg.gamma)  # routing: the positive's components score negatives
+    negs = pool(product_all(query, un, normalized=True), cfg.neg_pooling(), dims=ALL_DIMS, **kw)
     mask = neg.unsqueeze(0) != dst.unsqueeze(1)
     loss = _side_loss(pos, negs, mask, weight, cfg, batch.dst_prob, dst, neg, nb, len(uniform),
                       batch.dst_uniform_prob)
@@ -150,7 +153,7 @@ def batch_grads(batch: Batch, tables: dict[str, torch.Tensor], cfg: Config):
     loss, g_s, g_d = run_fused(
         cfg.compile, x_s, x_d, inv_s, inv_d, torch.cat([inv_d[:nb], inv_u]), own_b, own_j, weight,
         *_log_q(cfg, batch.dst_prob, dst, neg_ids, nb, len(uniform), batch.dst_uniform_prob),
-        pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss,
+        pooling=cfg.pooling, neg_pooling=cfg.neg_pooling(), loss=cfg.loss, routing=cfg.routing,
         loss_param=getattr(cfg, LOSSES.get(cfg.loss).param), gamma=cfg.gamma, theta=cfg.theta, theta_form=cfg.theta_form,
         shared=s_t == d_t)
     return float(loss), [(t, rows, g) for (t, rows), g in zip(sides, (g_s, g_d))]
