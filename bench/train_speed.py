@@ -90,22 +90,24 @@ def load_dataset(graph: Path) -> Dataset:
 
 # --------------------------------------------------------------------- the two systems
 def mixrec_config(model: str, epochs: int, workers: int, device: str = "cpu", compile_step: bool = False,
-                  loss: str = "margin", defaults: bool = False) -> Config:
+                  loss: str = "margin", defaults: bool = False, routing: str = "none") -> Config:
     if defaults:
         cs, cd, dim = DEFAULT_SHAPES[model]
         return Config().with_overrides({
             "dim": dim, "components": {"user": cs, "item": cd}, "epochs": epochs, "workers": workers,
-            "early_stopping.patience": 0, "device": device, "compile": compile_step})
+            "early_stopping.patience": 0, "device": device, "compile": compile_step, "routing": routing})
     cs, cd = SHAPES[model]
     return Config().with_overrides({
         "dim": DIM, "components": {"user": cs, "item": cd}, "epochs": epochs, "batch_size": BATCH,
         "negatives.batch": NEGS[0], "negatives.uniform": NEGS[1], "loss": loss, "lr": 0.1, "margin": 0.1,
         "init_scale": 0.1,
-        "workers": workers, "early_stopping.patience": 0, "device": device, "compile": compile_step})
+        "workers": workers, "early_stopping.patience": 0, "device": device, "compile": compile_step,
+        "routing": routing})
 
 
 def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str, name: str,
-                 compile_step: bool = False, loss: str = "margin", defaults: bool = False) -> None:
+                 compile_step: bool = False, loss: str = "margin", defaults: bool = False,
+                 routing: str = "none") -> None:
     """Train mixrec in this (child) process; writes embeddings and result.json under work/NAME-MODEL."""
     from mixrec.train.trainer import Trainer
     torch.set_num_threads(1)
@@ -114,7 +116,8 @@ def mixrec_child(work: Path, model: str, epochs: int, workers: int, device: str,
     ds = load_dataset(work / "graph")
     cpu = [tree_cpu_seconds()]
     t0 = time.perf_counter()
-    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step, loss, defaults), None, progress=False,
+    trainer = Trainer(ds, mixrec_config(model, epochs, workers, device, compile_step, loss, defaults, routing), None,
+                      progress=False,
                       callbacks=[lambda ev: ev.kind == "epoch" and cpu.append(tree_cpu_seconds())])
     trained = trainer.fit()
     wall = time.perf_counter() - t0
@@ -276,6 +279,9 @@ def _systems(args, model: str, work: Path, pbg_py: Path | None) -> list[tuple[st
     if args.softmax:
         systems.append(("mixrec-softmax", cmd + ["--workers", str(args.workers), "--name", "mixrec-softmax",
                                                  "--loss", "softmax"] + ["--compile"] * args.compile, None))
+    for mode in args.routing if model == "mixture" else []:
+        systems.append((f"mixrec-routing-{mode}", cmd + ["--workers", str(args.workers), "--name",
+                                                         f"mixrec-routing-{mode}", "--routing-child", mode], None))
     if pbg_py:
         pbg = [str(pbg_py), str(HERE / "pbg_run.py"), str(work), "--model", model, "--epochs", str(args.epochs),
                "--workers", str(args.workers)]
@@ -297,8 +303,9 @@ def print_report(rep: dict) -> None:
         print(f"{name:<24}{r['edges_per_s']:>11,.0f}{r['edges_per_cpu_s']:>13,.0f}"
               f"{r['peak_pss_bytes'] / 2**20:>14,.0f}{r['mrr']:>8.4f}{r[f'recall@{K}']:>8.4f}"
               f"{r['process_seconds']:>11.1f}")
-    for system in ("mixrec", "mixrec-compiled", "mixrec-softmax"):
-        one, mix = runs.get(f"{system}/single"), runs.get(f"{system}/mixture")
+    for system in ("mixrec", "mixrec-compiled", "mixrec-softmax", "mixrec-routing-soft", "mixrec-routing-hard"):
+        one = runs.get(f"{system}/single") or runs.get("mixrec/single")  # routed mixtures against the plain single
+        mix = runs.get(f"{system}/mixture")
         if one and mix:
             med = {k: float(np.median(mix[k])) / float(np.median(one[k]))
                    for k in ("rounds_edges_per_s", "rounds_edges_per_cpu_s")}
@@ -365,10 +372,13 @@ def main() -> None:
     ap.add_argument("--loss", default="margin", choices=["margin", "softmax"], help=argparse.SUPPRESS)
     ap.add_argument("--child", choices=list(SHAPES), help=argparse.SUPPRESS)
     ap.add_argument("--name", default="mixrec", help=argparse.SUPPRESS)
+    ap.add_argument("--routing", nargs="*", default=[], choices=["soft", "hard"],
+                    help="also train the mixture with these routings (config routing=...)")
+    ap.add_argument("--routing-child", default="none", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile,
-                     args.loss, args.defaults)
+                     args.loss, args.defaults, args.routing_child)
         return
     if args.micro_into:
         torch.set_num_threads(os.cpu_count() or 1)

@@ -17,6 +17,15 @@ def _add_index_arg(p) -> None:
     """``--index KIND``: the choices are the registered index backends."""
     p.add_argument("--index", default=None, choices=INDEX_BACKENDS.names(),
                    help="override the index kind: " + ", ".join(INDEX_BACKENDS.names()))
+    p.add_argument("--merge", default=None, choices=["round_robin", "rescore"],
+                   help="override how per-component lists merge: round_robin (section 3.5) or rescore (their "
+                        "union ranked by the exact pooled score)")
+
+
+def _index_config(model, a):
+    """The model's index config with ``--index`` / ``--merge`` applied."""
+    update = {k: v for k, v in (("kind", a.index), ("merge", a.merge)) if v is not None}
+    return model.config.index.model_copy(update=update)
 
 
 def _add_ingest(sub) -> None:
@@ -130,7 +139,7 @@ def cmd_retrieve(a) -> int:
         from mixrec.filters.command import retrieve_filter
         return retrieve_filter(load_filter(a.model), a)
     model = MixtureModel.load(a.model, verify=not a.no_verify)
-    icfg = model.config.index if a.index is None else model.config.index.model_copy(update={"kind": a.index})
+    icfg = _index_config(model, a)
     for t in (a.from_type, a.to_type):
         if t is not None and t not in model.tables:
             raise ValueError(f"--from/--to {t!r}: not an entity type of the model; it has {sorted(model.tables)}")
@@ -209,6 +218,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--exclude-seen", default="all", choices=["all", "relation", "none"])
     p.add_argument("--method", action="append", choices=["exact", "retrieval"], help="default: both")
     p.add_argument("--weights", default="all")
+    _add_index_arg(p)
     p.add_argument("--item-labels", default=None, help="TSV/CSV of item labels for diversity")
     p.add_argument("--id-col", default="item_id")
     p.add_argument("--label-col", default="genres")
@@ -242,7 +252,7 @@ def cmd_evaluate(a) -> int:
                                   label_col=a.label_col, sep=a.label_sep)
     report = evaluate(model, data, a.k or [20, 50], split=a.split, relation=a.relation,
                       exclude_seen=a.exclude_seen, labels=labels, methods=a.method or ["exact", "retrieval"],
-                      weight_set=a.weights, max_users=a.max_users)
+                      weight_set=a.weights, max_users=a.max_users, index_config=_index_config(model, a))
     print(format_report(report))
     if a.json:
         save_json(a.json, report)
@@ -341,7 +351,8 @@ def cmd_serve(a) -> int:
 
     from mixrec.serve import ServeSettings, serve
     try:
-        settings = ServeSettings(model_dir=a.model, host=a.host, port=a.port, index_kind=a.index, max_k=a.max_k,
+        settings = ServeSettings(model_dir=a.model, host=a.host, port=a.port, index_kind=a.index, merge=a.merge,
+                                 max_k=a.max_k,
                                  max_batch=a.max_batch, max_history=a.max_history, max_body_bytes=a.max_body_bytes,
                                  foldin_steps=a.foldin_steps, admin_token=a.admin_token,
                                  ef_search=a.ef_search, nprobe=a.nprobe, workers=a.workers,

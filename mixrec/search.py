@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
 
 from mixrec.config import IndexConfig
 from mixrec.csr import csr_rows
@@ -20,8 +21,8 @@ class Candidates:
     """Retrieved items per query row, best first; -1 / 0 pads rows with fewer than k."""
 
     items: np.ndarray  # (B, k) int64
-    scores: np.ndarray  # (B, k) float32: max_c w_sc / rank
-    components: np.ndarray  # (B, k) int64: the source component that won
+    scores: np.ndarray  # (B, k) float32: max_c w_sc / rank (round-robin) or the pooled score (rescore)
+    components: np.ndarray  # (B, k) int64: the source component that won (rescore: the best-matching one)
 
 
 def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_dst: np.ndarray, k: int,
@@ -68,6 +69,54 @@ def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_ds
     out.items[ubatch[top], pos[top]] = uitem[top]
     out.scores[ubatch[top], pos[top]] = score[top]
     out.components[ubatch[top], pos[top]] = comp[top]
+    return out
+
+
+def rescore_merge(queries: np.ndarray, w_src: np.ndarray, ids: np.ndarray, target_vectors: np.ndarray, k: int,
+                  exclude: tuple[np.ndarray, np.ndarray] | None = None, *, pooling: str = "smoothmax",
+                  gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean", chunk: int = 65536) -> Candidates:
+    """The union of the per-component neighbour lists ranked by the exact pooled score.
+
+    ``queries`` (B, C_s, n) and ``target_vectors`` (N, C_d, n) are unit vectors; ``ids`` (B, C_s, M) flat
+    neighbour ids as in :func:`round_robin_merge`. A candidate d of row b scores pool_{c,l} cos(q_bc, v_dl)
+    over the source components with ``w_src`` > 0 (pruned ones left out, as the exact ranking does); its
+    component is the kept c with the largest max_l cos. Ties: lower item id. When every destination in the
+    exact top ``k`` is among some component's neighbours (always for max pooling), this is the exact ranking.
+    """
+    from mixrec.model.components import masked_pool
+    from mixrec.model.functional import ALL_DIMS, pool
+
+    b, cs, _ = ids.shape
+    n, cd, _ = target_vectors.shape
+    flat = ids.reshape(b, -1)
+    valid = flat >= 0
+    key = np.unique(np.broadcast_to(np.arange(b, dtype=np.int64)[:, None], flat.shape)[valid] * n
+                    + flat[valid] // cd)
+    urow, uitem = key // n, key % n
+    if exclude is not None and len(exclude[0]):
+        keep_pair = ~np.isin(key, np.asarray(exclude[0], np.int64) * n + exclude[1])
+        urow, uitem = urow[keep_pair], uitem[keep_pair]
+    kept = torch.from_numpy(np.asarray(w_src).reshape(b, cs) > 0)
+    score, comp = np.empty(len(urow), np.float32), np.empty(len(urow), np.int64)
+    kw = dict(gamma=gamma, theta=theta, theta_form=theta_form)
+    with torch.no_grad():
+        for lo in range(0, len(urow), chunk):
+            r, it = urow[lo:lo + chunk], uitem[lo:lo + chunk]
+            q = torch.from_numpy(np.asarray(queries[r], np.float32))
+            m = q @ torch.from_numpy(np.asarray(target_vectors[it], np.float32)).transpose(1, 2)  # (P, C_s, C_d)
+            kp = kept[r]
+            m4 = m.unsqueeze(-1)
+            s = pool(m4, pooling, dims=ALL_DIMS, **kw) if bool(kp.all()) else masked_pool(m4, kp, pooling, **kw)
+            score[lo:lo + len(r)] = s[:, 0].numpy()
+            comp[lo:lo + len(r)] = m.amax(-1).masked_fill(~kp, -torch.inf).argmax(-1).numpy()
+    order = np.lexsort((uitem, -score, urow))
+    urow, uitem, score, comp = urow[order], uitem[order], score[order], comp[order]
+    pos = np.arange(len(urow)) - np.searchsorted(urow, urow, side="left")
+    top = pos < k
+    out = Candidates(np.full((b, k), -1, np.int64), np.zeros((b, k), np.float32), np.full((b, k), -1, np.int64))
+    out.items[urow[top], pos[top]] = uitem[top]
+    out.scores[urow[top], pos[top]] = score[top]
+    out.components[urow[top], pos[top]] = comp[top]
     return out
 
 
@@ -118,6 +167,7 @@ def exclusion(seen: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[tu
 class Searcher:
     """Round-robin KNN (section 3.5) from ``source_type`` to ``target_type`` of a model, over one index.
 
+    The index config's ``merge`` picks how the per-component lists are merged ('round_robin' or 'rescore').
     Weight sets are materialised once, on first use, and cached; ``seen`` (default ``model.seen``) gives
     the CSR of each source's already-seen targets, optionally restricted to some relations.
     """
@@ -171,6 +221,11 @@ class Searcher:
             sims, ids = np.zeros((b * cs, m), np.float32), np.full((b * cs, m), -1, np.int64)
             if live.any():
                 sims[live], ids[live] = self.index.search(np.ascontiguousarray(flat[live]), m)
+        if self.index.config.merge == "rescore":
+            cfg = self.model.config
+            return rescore_merge(queries, w_src, ids.reshape(b, cs, -1), self.target_vectors, k, exclude,
+                                 pooling=cfg.score_pooling, gamma=cfg.gamma, theta=cfg.theta,
+                                 theta_form=cfg.theta_form)
         w_dst = self.weights(weight_set)[1]
         return round_robin_merge(sims.reshape(b, cs, -1), ids.reshape(b, cs, -1), w_src, w_dst, k, exclude)
 

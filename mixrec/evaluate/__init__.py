@@ -52,7 +52,7 @@ def model_diagnostics(model, weight_set: str = "all") -> dict[str, float]:
 def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50), *, split: str = "test",
              relation: str | None = None, exclude_seen: str = "all", labels: ItemLabels | None = None,
              methods: Sequence[str] = METHODS, weight_set: str = "all", max_users: int | None = None,
-             seed: int = 0, retriever=None, progress: bool = False) -> dict:
+             seed: int = 0, retriever=None, progress: bool = False, index_config=None) -> dict:
     """Evaluate every relation (or one) of ``split``, each with full ranking over its own destination type.
 
     ``exclude_seen``: 'all' removes every training destination of the source within the relation's
@@ -60,7 +60,7 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
     relation's training destinations (the multi-behaviour protocol), 'none' nothing. Returns
     ``{"relations": {name: {"source_type", "target_type", "users", method: metrics}}, "settings": {...}}``;
     ``method`` is 'exact' (all destinations ranked by the pooled score) and/or 'retrieval' (round-robin
-    KNN output). ``labels`` describe the model's default target type and apply to relations ending there.
+    KNN output, through ``index_config``, default the model's). ``labels`` describe the model's default target type and apply to relations ending there.
     """
     from mixrec.retrieve import Retriever
 
@@ -105,7 +105,8 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
                 top, _ = exact_topk(model, users, kmax, seen, progress=progress, source_type=s_t, target_type=d_t)
             else:
                 if (s_t, d_t) not in retrievers:
-                    retrievers[(s_t, d_t)] = Retriever(model, weight_set, source_type=s_t, target_type=d_t)
+                    retrievers[(s_t, d_t)] = Retriever(model, weight_set, index_config=index_config, source_type=s_t,
+                                                       target_type=d_t)
                 _, cands = retrievers[(s_t, d_t)].recommend_all(kmax, users=users, exclude_seen=excl,
                                                                 progress=progress)
                 top = cands.items

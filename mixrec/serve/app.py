@@ -43,7 +43,7 @@ class ModelHolder:
     def load(self, path: str | Path) -> Snapshot:
         s = self.settings
         return Snapshot.load(path, s.index_kind, FoldInSettings(steps=s.foldin_steps, negatives=s.foldin_negatives),
-                             ef_search=s.ef_search, nprobe=s.nprobe)
+                             ef_search=s.ef_search, nprobe=s.nprobe, merge=s.merge)
 
     def reload(self, path: str | Path | None = None, publish: bool = True) -> Snapshot:
         """Load ``path`` (default: the current directory) and make it current; the old one serves until then.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -26,6 +26,8 @@ class ServeSettings(BaseModel):
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     admin_token: Optional[str] = Field(None, description=f"bearer token for /admin/*; default ${TOKEN_ENV}")
     index_kind: Optional[str] = Field(None, description="override the model's index (a registered index backend)")
+    merge: Optional[Literal["round_robin", "rescore"]] = Field(None, description="override how per-component "
+                                                              "lists merge (default: the model's index.merge)")
     ef_search: Optional[int] = Field(None, ge=1, le=100000, description="HNSW efSearch (default: the model's)")
     nprobe: Optional[int] = Field(None, ge=1, le=100000, description="IVF lists probed (default: the model's)")
     foldin_steps: int = Field(30, ge=0, le=5000, description="Adagrad steps per fold-in request (after the k-means start)")

@@ -47,16 +47,17 @@ class Snapshot:
     # ----------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | Path, index_kind: str | None = None, foldin: FoldInSettings | None = None,
-             ef_search: int | None = None, nprobe: int | None = None) -> "Snapshot":
+             ef_search: int | None = None, nprobe: int | None = None, merge: str | None = None) -> "Snapshot":
         """Load and verify a model directory and its index (built, and saved when possible, if missing).
 
         ``index_kind`` overrides the model's index kind; ``ef_search`` / ``nprobe`` its search-time
-        parameters (HNSW / IVF), which never force a rebuild of a saved index.
+        parameters (HNSW / IVF), which never force a rebuild of a saved index; ``merge`` its list merge.
         """
         path = Path(path).resolve()
         model = MixtureModel.load(path)  # verifies the checksum manifest; no pickle anywhere
         version = model_version(path)
-        update = {k: v for k, v in (("kind", index_kind), ("ef_search", ef_search), ("nprobe", nprobe)) if v is not None}
+        update = {k: v for k, v in (("kind", index_kind), ("ef_search", ef_search), ("nprobe", nprobe),
+                                    ("merge", merge)) if v is not None}
         cfg = model.config.index.model_copy(update=update)
         try:
             index = load_or_build_index(model, model.target_type, cfg)
