@@ -393,6 +393,10 @@ def _add_funnel(sub) -> None:
                    help="a trained funnel ranker directory (name 'default' unless given; repeatable)")
     p.add_argument("--item-labels", default=None, help="TSV/CSV of item labels (for diversify by label)")
     p.add_argument("--label-col", default="genres")
+    p.add_argument("--from", dest="from_type", default=None, help="entity type of the users (default: the first "
+                   "relation's source type), e.g. consumer")
+    p.add_argument("--to", dest="to_type", default=None, help="entity type of the candidates (default: the first "
+                   "relation's destination type), e.g. media for a two_hop source through authored")
     p.add_argument("--explain", action="store_true", help="print every step's kept/dropped counts per user")
     p.add_argument("--out", default=None, help="write the candidates as Parquet")
     p.set_defaults(func=cmd_funnel)

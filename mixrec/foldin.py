@@ -179,21 +179,20 @@ def fold_in(items: torch.Tensor, histories: Sequence[np.ndarray], cfg: Config, c
 
 
 def fold_in_model(model, histories: Sequence[np.ndarray], relations: Sequence[np.ndarray] | None = None, *,
-                  weight_set: str = "all", target_type: str | None = None,
+                  weight_set: str = "all", target_type: str | None = None, source_type: str | None = None,
                   settings: FoldInSettings | None = None, items: torch.Tensor | None = None) -> FoldedUsers:
-    """Fold new source-type users into a trained :class:`MixtureModel` from dense item histories.
+    """Fold new nodes of ``source_type`` (default the model's) into a trained :class:`MixtureModel` from dense
+    histories of ``target_type`` nodes (default the model's), e.g. a new creator from the media it authored.
 
-    ``relations``: per user, a relation code per history edge (default: the model's first relation
-    ending in the target type). Edges are weighted by ``relations.<name>.weight`` (the degree term of
-    training is not applied); mixture weights use the edges of ``weight_set``'s relations (uniform when
-    the model has no such set). ``items``: the target type's unit vectors, if already at hand.
+    ``relations``: per node, a relation code per history edge, each a relation from ``source_type`` to
+    ``target_type`` (default: the model's first such relation). Edges are weighted by
+    ``relations.<name>.weight`` (the degree term of training is not applied); mixture weights use the edges of
+    ``weight_set``'s relations (uniform when the model has no such set). The folded node gets
+    ``components(source_type)`` components. ``items``: the target type's unit vectors, if already at hand.
     """
     cfg = model.config
-    t_type = target_type or model.target_type
-    codes_ok = [i for i, r in enumerate(model.relations)
-                if r.source_type == model.source_type and r.target_type == t_type]
-    if not codes_ok:
-        raise ValueError(f"the model has no relation from {model.source_type!r} to {t_type!r} to fold in with")
+    s_type, t_type = source_type or model.source_type, target_type or model.target_type
+    codes_ok = fold_in_relations(model, s_type, t_type)
     if relations is None:
         relations = [np.full(len(h), codes_ok[0], np.int64) for h in histories]
     for h, r in zip(histories, relations):
@@ -202,7 +201,7 @@ def fold_in_model(model, histories: Sequence[np.ndarray], relations: Sequence[np
         bad = sorted(set(np.asarray(r).tolist()) - set(codes_ok))
         if bad:
             names = [model.relations[c].name if 0 <= c < len(model.relations) else str(c) for c in bad]
-            raise ValueError(f"relation(s) {names} do not go from {model.source_type!r} to {t_type!r}; "
+            raise ValueError(f"relation(s) {names} do not go from {s_type!r} to {t_type!r}; "
                              f"use one of {[model.relations[c].name for c in codes_ok]}")
     omega = np.array([cfg.relation(r.name).weight for r in model.relations], np.float32)
     edge_w = [omega[np.asarray(r, np.int64)] for r in relations]
@@ -219,9 +218,24 @@ def fold_in_model(model, histories: Sequence[np.ndarray], relations: Sequence[np
         items = model.vectors(t_type)
     with torch.no_grad():
         items = items.detach()
-    return fold_in(items, [np.asarray(h, np.int64) for h in histories], cfg, model.components(model.source_type),
+    return fold_in(items, [np.asarray(h, np.int64) for h in histories], cfg, model.components(s_type),
                    edge_weights=edge_w, weight_edges=weight_edges, weight_gamma=gamma, weight_form=form,
                    uniform_weights=uniform, settings=settings)
+
+
+def fold_in_relations(model, source_type: str, target_type: str) -> list[int]:
+    """Codes of the model's relations from ``source_type`` to ``target_type``; ValueError naming the types and
+    the relations there are when the types are unknown or no relation joins them."""
+    types = sorted(model.tables)
+    for t in (source_type, target_type):
+        if t not in types:
+            raise ValueError(f"unknown entity type {t!r} to fold in with; the model has {types}")
+    codes = [i for i, r in enumerate(model.relations) if (r.source_type, r.target_type) == (source_type, target_type)]
+    if not codes:
+        have = ", ".join(f"{r.name} ({r.source_type} -> {r.target_type})" for r in model.relations)
+        raise ValueError(f"the model has no relation from {source_type!r} to {target_type!r} to fold in with; "
+                         f"fold in along one of its relations: {have}")
+    return codes
 
 
 def read_histories(path: str | Path) -> tuple[list, list[np.ndarray], list[np.ndarray | None]]:

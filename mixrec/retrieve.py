@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from mixrec.config import IndexConfig
-from mixrec.foldin import FoldInSettings, fold_in_model
+from mixrec.foldin import FoldInSettings, fold_in_model, fold_in_relations
 from mixrec.index import ComponentIndex
 from mixrec.progress import progress_bar
 from mixrec.search import Candidates, Searcher, load_or_build_index, round_robin_merge  # noqa: F401 (re-exported)
@@ -66,13 +66,14 @@ class Retriever:
     def recommend_histories(self, histories: Sequence[np.ndarray], relations: Sequence[np.ndarray] | None, k: int,
                             exclude_seen: bool = True, settings: FoldInSettings | None = None,
                             batch: int = 256) -> Candidates:
-        """Fold new users in from dense item histories (and relation codes), then retrieve ``k`` items each;
-        ``exclude_seen`` drops each user's own history items."""
+        """Fold new nodes of the source type in from dense histories of the target type (and relation codes
+        between the two), then retrieve ``k`` targets each; ``exclude_seen`` drops each node's own history."""
         parts = []
         for lo in range(0, len(histories), batch):
             h = histories[lo:lo + batch]
             folded = fold_in_model(self.model, h, None if relations is None else relations[lo:lo + batch],
-                                   weight_set=self.weight_set, settings=settings,
+                                   weight_set=self.weight_set, source_type=self.source_type,
+                                   target_type=self.target_type, settings=settings,
                                    items=self.model.vectors(self.target_type))
             parts.append(self.searcher.from_vectors(folded.vectors, folded.weights, k, self.weight_set,
                                                     h if exclude_seen else None))
@@ -83,7 +84,9 @@ class Retriever:
     def dense_histories(self, users: Sequence, items: Sequence[Sequence], relations: Sequence[Sequence | None],
                         where: str) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """Raw item ids and relation names per user (as :func:`mixrec.foldin.read_histories` returns them)
-        -> dense item indices and relation codes; ValueError naming ``where`` on unknown ids or relations."""
+        -> dense item indices and relation codes; ValueError naming ``where`` on unknown ids or relations, and
+        naming the relations there are when none goes from the source type to the target type."""
+        fold_in_relations(self.model, self.source_type, self.target_type)
         lookup, names = self.model.lookup(self.target_type), [r.name for r in self.model.relations]
         hist, codes = [], []
         for u, its, rs in zip(users, items, relations):

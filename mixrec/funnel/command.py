@@ -18,30 +18,36 @@ def run_command(a) -> int:
 
     query = Query.load(a.query)  # validated before the model is even loaded
     model = MixtureModel.load(a.model)
+    source, target = a.from_type or model.source_type, a.to_type or model.target_type
+    for t in (source, target):
+        if t not in model.tables:
+            raise ValueError(f"--from/--to {t!r}: not an entity type of the model; it has {sorted(model.tables)}")
     history = None
-    if a.data:
+    if a.data:  # the dataset's training edges between the two types
         from mixrec.data.dataset import Dataset
-        tr = Dataset.load(a.data).split("train")
+        tr = Dataset.load(a.data).split("train", relations=model.relations_between(source, target))
         history = (tr.src, tr.dst, tr.rel)
     labels = None
     if a.item_labels:
-        labels = load_item_labels(a.item_labels, model.ids[model.target_type], label_col=a.label_col)
+        labels = load_item_labels(a.item_labels, model.ids[target], label_col=a.label_col)
     rankers = {name: FunnelRanker.load(path) for name, path in (_named(r) for r in a.ranker or [])}
-    funnel = Funnel(model, history=history, labels=labels, rankers=rankers)
+    funnel = Funnel(model, history=history, labels=labels, rankers=rankers, source_type=source, target_type=target)
     raw_users = list(a.user or [])
     if query.user is not None and not raw_users:
         raw_users = [query.user]
     if not raw_users:
         raise ValueError("no user: pass --user ID (repeatable) or set 'user' in the query document")
-    dense = model.lookup(model.source_type).require(raw_users, "--user", "user")
+    dense = model.lookup(source).require(raw_users, "--user", "user")
     funnel.check(query)
-    item_ids = model.ids[model.target_type]
-    cols: dict[str, list] = {k: [] for k in ("user", "rank", "item", "score", "source", "via", "seed", "component")}
+    item_ids = model.ids[target]
+    cols: dict[str, list] = {k: [] for k in ("user", "rank", "item", "score", "source", "via", "seed", "seed_type",
+                                             "component")}
     for raw, user in zip(raw_users, dense):
         res = funnel.run(query, int(user), validate=False)
         if a.explain:
-            print(res.explain(item_ids))
+            print(res.explain(item_ids, ids=model.ids))
         c = res.candidates
+        seeds, seed_types = funnel.seed_ids(c)
         for r in range(len(c)):
             cols["user"].append(str(raw))
             cols["rank"].append(r + 1)
@@ -49,7 +55,8 @@ def run_command(a) -> int:
             cols["score"].append(float(c.scores[r]))
             cols["source"].append(_source_name(int(c.source[r])))
             cols["via"].append("+".join(c.sources_of(r)))
-            cols["seed"].append("" if c.seed[r] < 0 else str(item_ids[c.seed[r]]))
+            cols["seed"].append("" if seeds[r] is None else str(seeds[r]))
+            cols["seed_type"].append(seed_types[r] or "")
             cols["component"].append(int(c.component[r]))
     table = pa.table({**cols, "rank": pa.array(cols["rank"], pa.int32()),
                       "component": pa.array(cols["component"], pa.int16())})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -52,8 +52,9 @@ class FunnelResult:
     candidates: CandidateSet
     trace: list[StepTrace] = field(default_factory=list)
 
-    def explain(self, item_ids: np.ndarray | None = None, top: int = 10) -> str:
-        """The funnel for this user: one line per step (sub-queries indented), then the top items."""
+    def explain(self, item_ids: np.ndarray | None = None, top: int = 10, ids: dict | None = None) -> str:
+        """The funnel for this user: one line per step (sub-queries indented), then the top items. ``ids``:
+        raw ids per entity type, for seeds of another type than the items (shown as ``type:id``)."""
         name = (lambda i: str(i)) if item_ids is None else (lambda i: str(item_ids[i]))
         lines = [f"funnel for user {self.user}:"]
         for t in self.trace:
@@ -63,7 +64,9 @@ class FunnelResult:
         c = self.candidates
         lines.append(f"  top {min(top, len(c))} of {len(c)}:")
         for r in range(min(top, len(c))):
-            seed = "-" if c.seed[r] < 0 else name(c.seed[r])
+            t = c.seed_type[r]
+            seed = ("-" if c.seed[r] < 0 else name(c.seed[r]) if not t
+                    else f"{t}:{c.seed[r] if ids is None else ids[t][c.seed[r]]}")
             lines.append(f"    {r + 1:>3}. item {name(c.items[r]):<12} score {c.scores[r]:.4f}  seed {seed:<10} "
                          f"component {c.component[r]:>2}  via {'+'.join(c.sources_of(r))}")
         return "\n".join(lines)
@@ -74,13 +77,14 @@ class Funnel:
     first relation's types. ``history`` = (src, dst, relation code) training edges (default: the model's own
     between the two types); ``rankers`` maps names used by ``rank(ranker=...)`` to trained rankers;
     ``searcher``: an already built :class:`~mixrec.search.Searcher` of the two types to share (serving passes
-    its snapshot's, so the vectors and weight sets are not materialised twice)."""
+    its snapshot's, so the vectors and weight sets are not materialised twice); ``searchers(source_type,
+    target_type)``: where ``two_hop`` gets its first hop's searcher (default: built from the model)."""
 
     def __init__(self, model, *, index: ComponentIndex | None = None,
                  history: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                  labels: ItemLabels | None = None, rankers: dict[str, FunnelRanker] | None = None,
                  filters: dict | None = None, source_type: str | None = None, target_type: str | None = None,
-                 searcher: Searcher | None = None):
+                 searcher: Searcher | None = None, searchers: Callable[[str, str], Searcher] | None = None):
         self.model = model
         self.source_type = source_type or model.source_type
         self.target_type = target_type or model.target_type
@@ -102,6 +106,7 @@ class Funnel:
         self.index = self.searcher.index
         self.labels, self.rankers = labels, dict(rankers or {})
         self.filters = dict(filters or {})  # name -> fitted mixrec.filters model, for graph(model=...)
+        self.searchers = searchers or (lambda s_t, d_t: Searcher.for_model(model, source_type=s_t, target_type=d_t))
         self.n_users, self.n_items = model.num(self.source_type), model.num(self.target_type)
         self.user_vectors, self.item_vectors = self.searcher.source_vectors, self.searcher.target_vectors
         self._cache: dict = {}
@@ -156,11 +161,10 @@ class Funnel:
                 weight_set: str = "all", exclude_seen: bool = False) -> CandidateSet:
         """The user's top ``k_via`` nodes of type ``via`` (round-robin retrieval), then up to ``per_via`` of each
         one's latest ``relation`` destinations in the model's training edges (see :func:`two_hop_source`)."""
-        searcher = self._cached(("via", via), lambda: Searcher.for_model(
-            self.model, source_type=self.source_type, target_type=via))
+        searcher = self._cached(("via", via), lambda: self.searchers(self.source_type, via))
         mid = from_candidates(searcher.recommend([user], k_via, weight_set, exclude_seen), 0, "two_hop")
         indptr, dst = self._cached(("hop", relation), lambda: self._relation_csr(relation))
-        return two_hop_source(mid, indptr, dst, per_via, k)
+        return two_hop_source(mid, indptr, dst, per_via, k, via)
 
     def _relation_csr(self, relation: str) -> tuple[np.ndarray, np.ndarray]:
         e, code = self.model.train_edges, self.relations.index(relation)
@@ -294,6 +298,17 @@ class Funnel:
             return div.cosine_sim((self.item_vectors[cs.items] * w).sum(1))
         same = (keys[:, None] == keys[None, :]) & (keys[:, None] >= 0)
         return same.astype(np.float64)
+
+    def seed_ids(self, cs: CandidateSet) -> tuple[list, list]:
+        """(raw seed id, seed entity type) per candidate, None for both where it has no seed: an item of the
+        funnel's item type, or a node of another type (a ``two_hop`` source's via-node)."""
+        ids, types = [], []
+        for seed, t in zip(cs.seed.tolist(), cs.seed_type.tolist()):
+            t = t or self.target_type
+            raw = None if seed < 0 else self.model.ids[t][seed]
+            ids.append(raw.item() if isinstance(raw, np.generic) else raw)
+            types.append(None if seed < 0 else t)
+        return ids, types
 
     def user_index(self, raw) -> int:
         """Dense index of a raw user id (QueryError if unknown)."""

@@ -129,7 +129,8 @@ def _two_hop_check(f, a: dict, where: str) -> None:
     if r.target_type != f.target_type:
         raise QueryError(where, "relation", f"relation {r.name!r} leads to {r.target_type!r} but this funnel's "
                                             f"items are {f.target_type!r}; build the funnel with "
-                                            f"target_type={r.target_type!r}")
+                                            f"target_type={r.target_type!r} (mixrec funnel --to "
+                                            f"{r.target_type}, or target_type in POST /v1/query)")
 
 
 def _diversify_check(f, a: dict, where: str) -> None:

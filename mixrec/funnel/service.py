@@ -37,8 +37,12 @@ RawId = Union[int, str]
 class QueryRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # no type coercion: "limit": "3" is refused
 
-    user: RawId = Field(description="raw user id")
+    user: RawId = Field(description="raw id of the query node (of source_type)")
     query: dict[str, Any] = Field(description="the query document (the JSON form of a TOML/YAML query)")
+    source_type: Optional[str] = Field(None, description="entity type of the user (default: the model's source "
+                                                         "type), e.g. consumer")
+    target_type: Optional[str] = Field(None, description="entity type of the candidates (default: the model's "
+                                                         "target type), e.g. media for a two_hop through authored")
     explain: bool = Field(False, description="also return every step's kept/dropped items")
     limit: Optional[int] = Field(None, ge=1, description="return at most this many candidates")
 
@@ -49,13 +53,17 @@ class FunnelCandidate(BaseModel):
     rank: int
     source: str = Field(description="the source of the kept occurrence")
     via: list[str] = Field(description="every source that proposed the item")
-    seed: Optional[RawId] = Field(None, description="the seed item it came from, if any")
+    seed: Optional[RawId] = Field(None, description="the seed it came from, if any: an item, or a node of "
+                                                    "seed_type (a two_hop source's via-node)")
+    seed_type: Optional[str] = Field(None, description="the seed's entity type (None: no seed)")
     component: int = Field(description="user component that retrieved it (-1: not the mixture source)")
 
 
 class QueryResponse(BaseModel):
     model: str
     user: RawId
+    source_type: str
+    target_type: str
     items: list[FunnelCandidate]
     explain: Optional[list[dict]] = None
 
@@ -139,19 +147,27 @@ def install_query_route(app: FastAPI) -> None:
     # query work has its own threads: the candidate routes keep all of the default pool
     limiter = anyio.CapacityLimiter(settings.threads or os.cpu_count() or 1)
 
-    def funnel_for(snapshot) -> Funnel:
+    def funnel_for(snapshot, source: str, target: str) -> Funnel:
+        """The funnel between two types, built once per served snapshot and rankers (sharing its searchers)."""
         with lock:
             if cache.get("version") != snapshot.version or cache.get("rankers") is not app.state.funnel_rankers:
-                cache.update(version=snapshot.version, rankers=app.state.funnel_rankers,
-                             funnel=GuardedFunnel(snapshot.model, searcher=snapshot.searcher,
-                                                  rankers=app.state.funnel_rankers))
-            return cache["funnel"]
+                cache.update(version=snapshot.version, rankers=app.state.funnel_rankers, funnels={})
+            if (source, target) not in cache["funnels"]:
+                cache["funnels"][source, target] = GuardedFunnel(
+                    snapshot.model, searcher=snapshot.searcher_for(source, target), rankers=app.state.funnel_rankers,
+                    source_type=source, target_type=target, searchers=snapshot.searcher_for)
+            return cache["funnels"][source, target]
 
     def prepare(body: QueryRequest, s) -> tuple[Query, Funnel, int]:
+        types = s.entity_types
+        for name, t in (("source_type", body.source_type), ("target_type", body.target_type)):
+            if t is not None and t not in types:
+                raise ApiError(422, f"unknown entity type {name}={t!r}; this model has {types}", types=types)
+        source, target = body.source_type or s.model.source_type, body.target_type or s.model.target_type
         try:
             query = Query.from_dict(body.query)
             check_limits(query, settings.max_k)
-            funnel = funnel_for(s)
+            funnel = funnel_for(s, source, target)
             funnel.check(query)
         except QueryError as e:
             raise ApiError(422, str(e), step=e.where, argument=e.arg) from None
@@ -161,21 +177,23 @@ def install_query_route(app: FastAPI) -> None:
             raise ApiError(422, f"query too expensive: estimated cost {cost:,} work units, over this server's budget "
                                 f"of {settings.max_query_cost:,} (max_query_cost); ask for fewer walkers, steps, "
                                 "sub-queries or candidates", cost=cost, budget=settings.max_query_cost)
-        idx = s.users.find([body.user])
+        idx = s.model.lookup(source).find([body.user])
         if idx[0] < 0:
             raise ApiError(404, f"unknown user id(s) {[body.user]}", unknown=[body.user])
         return query, funnel, int(idx[0])
 
-    def respond(body: QueryRequest, s, res) -> QueryResponse:
+    def respond(body: QueryRequest, s, funnel: Funnel, res) -> QueryResponse:
         c = res.candidates
         n = len(c) if body.limit is None else min(len(c), body.limit)
-        ids = s.model.ids[s.model.target_type]
+        ids = s.model.ids[funnel.target_type]
+        seeds, seed_types = funnel.seed_ids(c.head(n))
         items = [FunnelCandidate(item=_raw(ids, c.items[r]), score=float(c.scores[r]), rank=r + 1,
-                                 source=SOURCES[int(c.source[r])], via=c.sources_of(r),
-                                 seed=None if c.seed[r] < 0 else _raw(ids, c.seed[r]), component=int(c.component[r]))
+                                 source=SOURCES[int(c.source[r])], via=c.sources_of(r), seed=seeds[r],
+                                 seed_type=seed_types[r], component=int(c.component[r]))
                  for r in range(n)]
         trace = [t.to_dict(ids) for t in res.trace] if body.explain else None
-        return QueryResponse(model=s.version, user=body.user, items=items, explain=trace)
+        return QueryResponse(model=s.version, user=body.user, source_type=funnel.source_type,
+                             target_type=funnel.target_type, items=items, explain=trace)
 
     @app.post("/v1/query", response_model=QueryResponse, responses={**ERRORS, 503: ERRORS[422]}, tags=["funnel"])
     async def run_query(body: QueryRequest, request: Request) -> QueryResponse:
@@ -197,7 +215,7 @@ def install_query_route(app: FastAPI) -> None:
         if "stopped" in out:
             metrics.event("query", "disconnected" if guard.cancelled else "deadline")
             raise ApiError(503, str(out["stopped"]), steps_run=guard.steps)
-        return await anyio.to_thread.run_sync(respond, body, s, out["res"], limiter=limiter)
+        return await anyio.to_thread.run_sync(respond, body, s, funnel, out["res"], limiter=limiter)
 
 
 def _raw(ids: np.ndarray, i) -> RawId:

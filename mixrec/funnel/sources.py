@@ -2,8 +2,9 @@
 
 A :class:`CandidateSet` is one user's candidates as parallel arrays: the item, a score (higher is
 better), the source that produced the kept occurrence, the seed item it came from (history item,
-expanded item, or -1), the mixture component that retrieved it (or -1) and a bit mask of *every*
-source that proposed it, so de-duplication never loses provenance.
+expanded item, a node of another type, or -1) and the seed's entity type ("" for an item of the funnel's
+item type), the mixture component that retrieved it (or -1) and a bit mask of *every* source that proposed
+it, so de-duplication never loses provenance.
 """
 from __future__ import annotations
 
@@ -28,24 +29,25 @@ class CandidateSet:
     seed: np.ndarray  # (n,) int64 seed item, -1 if none
     component: np.ndarray  # (n,) int64 user component that retrieved it, -1 if none
     via: np.ndarray  # (n,) int64 bit mask over SOURCES of everything that proposed the item
+    seed_type: np.ndarray  # (n,) object: the seed's entity type, "" for an item of the funnel's item type
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
     @classmethod
-    def make(cls, items, scores, source: str, seed=None, component=None) -> "CandidateSet":
-        """A set from one source; ``seed``/``component`` default to -1."""
+    def make(cls, items, scores, source: str, seed=None, component=None, seed_type: str = "") -> "CandidateSet":
+        """A set from one source; ``seed``/``component`` default to -1, ``seed_type`` to "" (seeds are items)."""
         items = np.asarray(items, np.int64).ravel()
         n = len(items)
         code = SOURCE_CODE[source]
         fill = lambda v: np.full(n, -1, np.int64) if v is None else np.asarray(v, np.int64).ravel()  # noqa: E731
         return cls(items, np.asarray(scores, np.float64).ravel(), np.full(n, code, np.int64), fill(seed),
-                   fill(component), np.full(n, 1 << code, np.int64))
+                   fill(component), np.full(n, 1 << code, np.int64), np.full(n, seed_type, object))
 
     @classmethod
     def empty(cls) -> "CandidateSet":
         z = np.zeros(0, np.int64)
-        return cls(z, np.zeros(0), z.copy(), z.copy(), z.copy(), z.copy())
+        return cls(z, np.zeros(0), z.copy(), z.copy(), z.copy(), z.copy(), np.zeros(0, object))
 
     def take(self, idx: np.ndarray) -> "CandidateSet":
         """Rows ``idx`` (an index array or boolean mask), in that order."""
@@ -77,7 +79,7 @@ class CandidateSet:
         return CandidateSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in _FIELDS))
 
 
-_FIELDS = ("items", "scores", "source", "seed", "component", "via")
+_FIELDS = ("items", "scores", "source", "seed", "component", "via", "seed_type")
 
 
 def dedup(cs: CandidateSet) -> CandidateSet:
@@ -161,15 +163,16 @@ def history_csr(src: np.ndarray, dst: np.ndarray, n_users: int) -> tuple[np.ndar
     return indptr, d[order]
 
 
-def two_hop_source(mid: CandidateSet, indptr: np.ndarray, dst: np.ndarray, per_via: int, k: int) -> CandidateSet:
+def two_hop_source(mid: CandidateSet, indptr: np.ndarray, dst: np.ndarray, per_via: int, k: int,
+                   via_type: str) -> CandidateSet:
     """Items one relation away from intermediate nodes ``mid`` (e.g. retrieved creators -> their media).
 
     ``(indptr, dst)``: the relation's destinations per intermediate node, in log order (latest last; see
     :func:`history_csr`). Each node ``v`` with score ``s_v`` contributes its ``per_via`` latest destinations;
     the one at 0-based position ``j`` from the latest scores ``s_v / (j + 1)``. An item reached from several
     nodes keeps its best-scoring occurrence (ties: the better-ranked node). ``seed`` is that node's dense index
-    *in the intermediate type* (not an item index); ``component`` is the user component that retrieved it.
-    The top ``k`` are returned, best first.
+    *in the intermediate type* (not an item index) and ``seed_type`` that type, ``via_type``; ``component`` is
+    the user component that retrieved it. The top ``k`` are returned, best first.
     """
     if len(mid) == 0:
         return CandidateSet.empty()
@@ -179,7 +182,7 @@ def two_hop_source(mid: CandidateSet, indptr: np.ndarray, dst: np.ndarray, per_v
     j = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # position from the latest
     items = dst[np.repeat(ends, n) - 1 - j]
     out = CandidateSet.make(items, mid.scores[row] / (j + 1), "two_hop", seed=mid.items[row],
-                            component=mid.component[row])
+                            component=mid.component[row], seed_type=via_type)
     return dedup(out).head(k)
 
 

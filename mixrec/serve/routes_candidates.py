@@ -7,6 +7,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
+from mixrec.foldin import fold_in_relations
 from mixrec.retrieve import Candidates
 from mixrec.serve.errors import ERRORS, ApiError
 from mixrec.serve.jsonbody import StrictJSONRoute
@@ -55,11 +56,17 @@ def candidates_router(settings: ServeSettings) -> APIRouter:
     @router.post("/v1/candidates/from-history", response_model=HistoryResponse, responses=ERRORS,
                  tags=["candidates"])
     def history_candidates(body: HistoryRequest, s: Snapshot = Depends(current_snapshot)) -> Response:
-        """Candidates for a user the model never saw: fold it in from its item history, then retrieve."""
+        """Candidates for a node the model never saw (a user, or any ``source_type`` with relations to
+        ``target_type``): fold it in from its history of ``target_type`` nodes, then retrieve those."""
         k = _check_k(body.k, settings)
-        idx, rel, unknown = _history(body, s, settings)
-        cands, w = _run(s.from_history, idx, rel, k, body.weights, body.exclude_seen)
-        return _json({"user": None, "items": _items(s, cands, 0), "model": s.version, "weights": body.weights, "k": k,
+        source = s.model.source_type if body.source_type is None else body.source_type
+        target = s.model.target_type if body.target_type is None else body.target_type
+        _check_type(s, source, 422, "source_type=")
+        _check_type(s, target, 422, "target_type=")
+        idx, rel, unknown = _history(body, s, settings, source, target)
+        cands, w = _run(s.from_history, idx, rel, k, body.weights, body.exclude_seen, source, target)
+        return _json({"user": None, "source_type": source, "target_type": target, "items": _items(s, cands, 0, target),
+                      "model": s.version, "weights": body.weights, "k": k,
                       "mixture_weights": [float(x) for x in w], "unknown_items": unknown})
 
     @router.get("/v1/items/{item_id}/similar", response_model=CandidatesResponse, responses=ERRORS, tags=["items"])
@@ -97,14 +104,18 @@ def _check_type(s: Snapshot, entity_type: str, status: int, where: str) -> None:
                        types=s.entity_types)
 
 
-def _history(body: HistoryRequest, s: Snapshot, settings: ServeSettings):
+def _history(body: HistoryRequest, s: Snapshot, settings: ServeSettings, source: str, target: str):
     """(known item indices, their relation codes or None, unknown raw ids) of a history request, or ApiError."""
+    try:
+        allowed = [s.model.relations[c].name for c in fold_in_relations(s.model, source, target)]
+    except ValueError as e:  # no relation joins the two types
+        raise ApiError(422, str(e)) from None
     if len(body.items) > settings.max_history:
         raise ApiError(422, f"at most {settings.max_history} history items, got {len(body.items)}")
     if body.relations is not None and len(body.relations) != len(body.items):
         raise ApiError(422, f"give one relation per item: {len(body.relations)} relations for "
                             f"{len(body.items)} items")
-    idx = s.items.find(body.items)
+    idx = s.model.lookup(target).find(body.items)
     unknown = [body.items[i] for i in np.flatnonzero(idx < 0)]
     if unknown and not body.ignore_unknown:
         raise ApiError(404, f"unknown item id(s) {unknown[:10]}; pass ignore_unknown=true to skip them",
@@ -118,6 +129,9 @@ def _history(body: HistoryRequest, s: Snapshot, settings: ServeSettings):
         bad = sorted({r for r in body.relations if r not in names})
         if bad:
             raise ApiError(422, f"unknown relation(s) {bad}; this model has {names}")
+        other = sorted({r for r in body.relations if r not in allowed})
+        if other:
+            raise ApiError(422, f"relation(s) {other} do not go from {source!r} to {target!r}; use one of {allowed}")
         rel = np.array([names.index(r) for r in body.relations], np.int64)[keep]
     return idx[keep], rel, unknown
 

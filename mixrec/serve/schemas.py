@@ -68,9 +68,15 @@ class HistoryRequest(_Body):
     weights: str = "all"
     exclude_seen: bool = Field(True, description="leave the history items out of the candidates")
     ignore_unknown: bool = Field(False, description="skip item ids the model does not know instead of 404")
+    source_type: Optional[str] = Field(None, description="entity type of the new node (default: the model's "
+                                                         "source type), e.g. creator")
+    target_type: Optional[str] = Field(None, description="entity type of the history items and of the candidates "
+                                                         "(default: the model's target type), e.g. media")
 
 
 class HistoryResponse(CandidatesResponse):
+    source_type: str = Field(description="entity type of the folded-in node")
+    target_type: str = Field(description="entity type of the history and of the candidates")
     mixture_weights: list[float] = Field(description="the folded-in user's weight per component (eq. 5)")
     unknown_items: list[RawId] = Field(default_factory=list, description="history ids skipped (ignore_unknown)")
 

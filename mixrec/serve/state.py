@@ -151,10 +151,15 @@ class Snapshot:
         return self.searcher.similar(items, k, weight_set)
 
     def from_history(self, items: np.ndarray, relations: np.ndarray | None, k: int, weight_set: str = "all",
-                     exclude_seen: bool = True) -> tuple[Candidates, np.ndarray]:
-        """Fold a new user in from dense item indices (and relation codes), then retrieve; also returns its weights."""
+                     exclude_seen: bool = True, source_type: str | None = None,
+                     target_type: str | None = None) -> tuple[Candidates, np.ndarray]:
+        """Fold a new node of ``source_type`` in from dense ``target_type`` indices (and relation codes), then
+        retrieve targets; also returns its weights. The types default to the model's own pair."""
         self.weights(weight_set)
+        searcher = self.searcher_for(source_type or self.searcher.source_type, target_type or self.searcher.target_type)
+        vectors = self.target_tensor if searcher is self.searcher else torch.from_numpy(searcher.target_vectors)
         folded = fold_in_model(self.model, [items], None if relations is None else [relations],
-                               weight_set=weight_set, settings=self.foldin, items=self.target_tensor)
+                               weight_set=weight_set, source_type=searcher.source_type,
+                               target_type=searcher.target_type, settings=self.foldin, items=vectors)
         seen = [np.unique(items)] if exclude_seen else None
-        return self.searcher.from_vectors(folded.vectors, folded.weights, k, weight_set, seen), folded.weights[0]
+        return searcher.from_vectors(folded.vectors, folded.weights, k, weight_set, seen), folded.weights[0]
