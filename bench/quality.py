@@ -51,6 +51,10 @@ MODELS = {
     "single 1x64": {"components.user": 1, "components.item": 1, "dim": 64},
     "mixture 4x16": {"components.user": 4, "components.item": 1, "dim": 16},
     "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
+    "mixture 4x32": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "none"},
+    "mixture 4x32 soft routing": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "soft"},
+    "mixture 4x32 hard routing": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "hard"},
+    "mixture 4x64 soft routing": {"components.user": 4, "components.item": 1, "dim": 64, "routing": "soft"},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
 C_SHAPES = ((1, 64), (2, 32), (3, 21), (5, 13), (8, 8))  # C x dim = 64
@@ -194,6 +198,11 @@ class Bench:
                  "history": hist, "model_dir": str(out), **refit}
         rows = [self.row(label, name, res[m], **extra) for m, name in (("exact", "exact"),
                                                                        ("retrieval", "round-robin"))]
+        if model.components(model.source_type) > 1:  # the same index, lists merged by the exact pooled score
+            resc = evaluate(model, self.eval_data, self.spec["ks"], relation=self.target, methods=["retrieval"],
+                            exclude_seen=self.spec["exclude"], labels=self.labels,
+                            index_config=model.config.index.model_copy(update={"merge": "rescore"}))
+            rows.append(self.row(label, "rescore", resc["relations"][self.target]["retrieval"], **extra))
         if self.labels is not None and section == "main":
             probe = label_probe(model.vectors("item").flatten(1).numpy(), self.labels.dense(), seed=0)
             rows.append(self.row(label, "probe", probe, section="probe", config=over, epochs=len(hist)))
@@ -332,6 +341,7 @@ def main() -> None:
     p.add_argument("--collect", nargs=2, metavar=("WORK_DIR", "DATASET_LABEL"), default=None,
                    help="rebuild --rows from the model directories of a stopped run")
     p.add_argument("--out", default=str(ROOT / "docs" / "quality.md"))
+    p.add_argument("--title", default=None, help="the page's title (default: the quality page's)")
     p.add_argument("--no-doc", action="store_true", help="do not write --out and the plots")
     a = p.parse_args()
     from quality_doc import write_doc  # noqa: E402  (bench/ is on sys.path when run as a script)
@@ -347,13 +357,14 @@ def main() -> None:
         return
     if a.merge:
         rows = [r for f in a.merge for r in json.loads(Path(f).read_text())]
-        write_doc(Path(a.out), rows, [command] + sorted({r.get("command", "") for r in rows} - {""}), None)
+        write_doc(Path(a.out), rows, [command] + sorted({r.get("command", "") for r in rows} - {""}), None,
+                  title=a.title)
         return
     rows = run(a)
     if a.rows:
         Path(a.rows).write_text(json.dumps(rows, indent=1, default=float))
     if rows and not a.no_doc:
-        write_doc(Path(a.out), rows, [command], time.perf_counter() - t0)
+        write_doc(Path(a.out), rows, [command], time.perf_counter() - t0, title=a.title)
 
 
 if __name__ == "__main__":

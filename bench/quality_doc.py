@@ -54,7 +54,8 @@ def table(rows: list[dict], ratio_to: str | None) -> list[str]:
     return out
 
 
-def write_doc(out: Path, rows: list[dict], commands: list[str], seconds: float | None) -> None:
+def write_doc(out: Path, rows: list[dict], commands: list[str], seconds: float | None,
+              title: str | None = None) -> None:
     """Write ``out`` (tables) and PNG plots next to it (``<stem>/``)."""
     from quality_plots import make_plots
 
@@ -62,12 +63,14 @@ def write_doc(out: Path, rows: list[dict], commands: list[str], seconds: float |
     plots = make_plots(rows, img_dir)
     when = dt.date.today().isoformat()
     cpu = f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), shared"
-    lines = ["# Retrieval quality: mixrec against popularity, implicit ALS and the single embedding", "",
+    title = title or "Retrieval quality: mixrec against popularity, implicit ALS and the single embedding"
+    lines = [f"# {title}", "",
              f"Generated on {when} on {cpu}" + (f", {seconds / 60:.1f} min." if seconds else "."), "",
              "Commands:", "", "```bash"] + commands + ["```", "",
              "Full ranking over all items; every training item of the user excluded (tmall_mb: only the user's "
              "buy training items, as in the published protocol). `exact` ranks all items by the pooled score; "
-             "`round-robin` is the retrieval output (section 3.5). ALS is tuned on gowalla's valid split and on a "
+             "`round-robin` is the retrieval output (section 3.5); `rescore` ranks the union of the same per-component "
+             "neighbour lists by the exact pooled score (`index.merge=rescore`). ALS is tuned on gowalla's valid split and on a "
              "seeded 10% hold-out of the training edges elsewhere (the grid and the values are listed under each "
              "table), then refitted on all training edges. Rows marked *[train+valid]* follow the published "
              "gowalla protocol (`--valid-protocol refit`): the valid split chose mixrec's epochs (early stopping) "

@@ -217,10 +217,10 @@ def cmd_inproc(a) -> int:
     configure_threads()
     from mixrec.foldin import FoldInSettings
     snap = Snapshot.load(a.model, index_kind=a.index, ef_search=a.ef_search,
-                         foldin=FoldInSettings(steps=a.foldin_steps))
+                         foldin=FoldInSettings(steps=a.foldin_steps), merge=a.merge)
     users = np.random.default_rng(0).choice(snap.n_users, min(a.users, snap.n_users), replace=False)
     inprocess_latency(snap, users[:20], a.k)  # warm-up
-    res = {"model": str(a.model), "index": snap.index.config.kind, "k": a.k,
+    res = {"model": str(a.model), "index": snap.index.config.kind, "merge": snap.index.config.merge, "k": a.k,
            "in_process_latency_single_thread": inprocess_latency(snap, users, a.k), **_env()}
     print(json.dumps(res, indent=1))
     _write(Path(a.out) if a.out else Path(a.model).parent / f"inproc_{Path(a.model).name}.json", res)
@@ -458,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     ip.add_argument("--index", default=None, choices=INDEX_BACKENDS.names())
     ip.add_argument("--ef-search", type=int, default=None)
     ip.add_argument("--foldin-steps", type=int, default=30, help="as `mixrec serve --foldin-steps`")
+    ip.add_argument("--merge", default=None, choices=["round_robin", "rescore"], help="as `mixrec serve --merge`")
     ip.add_argument("--out", default=None)
     ld = sub.add_parser("load")
     ld.add_argument("model")

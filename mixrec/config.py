@@ -68,8 +68,9 @@ class IndexConfig(_Strict):
     hnsw_m: int = Field(32, ge=4)
     ef_search: int = Field(256, ge=1, description="HNSW efSearch; raised to at least k*C_d at query time")
     merge: Literal["round_robin", "rescore"] = Field(
-        "round_robin", description="how per-component neighbour lists become one list: 'round_robin' (section "
-        "3.5: max_c w_sc / rank), 'rescore' (their union ranked by the exact pooled score, score_pooling)")
+        "rescore", description="how per-component neighbour lists become one list: 'rescore' (default: their "
+        "union ranked by the exact pooled score, score_pooling; the exact ranking whenever its top k is among "
+        "the lists), 'round_robin' (section 3.5: max_c w_sc / rank)")
     ef_construction: int = Field(200, ge=8)
     nlist: int = Field(0, ge=0, description="IVF lists; 0 picks 4*sqrt(n)")
     nprobe: int = Field(16, ge=1)

@@ -1,4 +1,4 @@
-"""Round-robin KNN retrieval (section 3.5): per-component searches merged by max_c w_sc / rank."""
+"""Batch retrieval: per-component KNN searches merged into one list (exact rescoring, or section 3.5's round-robin)."""
 from __future__ import annotations
 
 from typing import Sequence

@@ -1,4 +1,4 @@
-"""The retrieval core: one round-robin searcher from a source entity type to a target type over a component index."""
+"""The retrieval core: one searcher from a source entity type to a target type over a component index, lists merged by rescoring or round-robin."""
 from __future__ import annotations
 
 import logging
@@ -165,7 +165,7 @@ def exclusion(seen: tuple[np.ndarray, np.ndarray], rows: np.ndarray) -> tuple[tu
 
 
 class Searcher:
-    """Round-robin KNN (section 3.5) from ``source_type`` to ``target_type`` of a model, over one index.
+    """Per-component KNN from ``source_type`` to ``target_type`` of a model, over one index, lists merged.
 
     The index config's ``merge`` picks how the per-component lists are merged ('round_robin' or 'rescore').
     Weight sets are materialised once, on first use, and cached; ``seen`` (default ``model.seen``) gives
