@@ -30,6 +30,7 @@ from mixrec.funnel.rank import FunnelRanker
 from mixrec.funnel.sources import SOURCES
 from mixrec.registry import FUNNEL_OPS
 from mixrec.serve.errors import ERRORS, ApiError
+from mixrec.serve.filter_state import model_kind
 
 RawId = Union[int, str]
 
@@ -159,6 +160,11 @@ def install_query_route(app: FastAPI) -> None:
             return cache["funnels"][source, target]
 
     def prepare(body: QueryRequest, s) -> tuple[Query, Funnel, int]:
+        if model_kind(s) != "mixture":
+            raise ApiError(422, f"POST /v1/query runs funnels over a mixture model; this server serves a "
+                                f"graph-filter model ({s.kind}), which answers the candidate routes (GET "
+                                "/v1/users/{id}/candidates, POST /v1/candidates/from-history, GET "
+                                "/v1/items/{id}/similar)")
         types = s.entity_types
         for name, t in (("source_type", body.source_type), ("target_type", body.target_type)):
             if t is not None and t not in types:

@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 import anyio.to_thread
 from fastapi import FastAPI
 
+from mixrec.filters import is_filter_dir
 from mixrec.foldin import FoldInSettings
 from mixrec.serve.errors import ApiError, install_error_handlers
+from mixrec.serve.filter_state import FilterSnapshot
 from mixrec.serve.jsonbody import StrictJSONRoute
 from mixrec.serve.metrics import Metrics
 from mixrec.serve.middleware import BodyLimitMiddleware, MetricsMiddleware
@@ -40,7 +42,9 @@ class ModelHolder:
         self.loaded_at = time.time()
         self._lock = threading.Lock()
 
-    def load(self, path: str | Path) -> Snapshot:
+    def load(self, path: str | Path) -> Snapshot | FilterSnapshot:
+        if is_filter_dir(path):  # a closed-form graph-filter model (mixrec fit-filter): exact, no index
+            return FilterSnapshot.load(path)
         s = self.settings
         return Snapshot.load(path, s.index_kind, FoldInSettings(steps=s.foldin_steps, negatives=s.foldin_negatives),
                              ef_search=s.ef_search, nprobe=s.nprobe, merge=s.merge)

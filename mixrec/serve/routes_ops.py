@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from mixrec.serve.errors import ApiError
+from mixrec.serve.filter_state import FilterSnapshot, model_kind
 from mixrec.serve.jsonbody import StrictJSONRoute
 from mixrec.serve.metrics import CONTENT_TYPE
 from mixrec.serve.routes_candidates import current_snapshot
@@ -21,7 +22,12 @@ RELOAD_ERRORS = {code: {"model": ErrorResponse} for code in (401, 403, 409, 422)
 
 @router.get("/v1/model", response_model=ModelInfo)
 def model_info(request: Request, s: Snapshot = Depends(current_snapshot)) -> ModelInfo:
-    """What is being served."""
+    """What is being served: a mixture model, or a graph-filter model (``kind`` says which)."""
+    if isinstance(s, FilterSnapshot):
+        return ModelInfo(model=s.version, kind="filter", path=str(s.path), users=s.n_users, items=s.n_items,
+                         user_components=None, item_components=None, dim=None, index=None, index_size=None,
+                         weight_sets=s.weight_sets, relations=[r.name for r in s.model.relations],
+                         filter=s.describe(), loaded_at=request.app.state.holder.loaded_at, pid=os.getpid())
     m = s.model
     return ModelInfo(model=s.version, path=str(s.path), users=s.n_users, items=s.n_items,
                      user_components=m.components(m.source_type), item_components=m.components(m.target_type),
@@ -42,7 +48,7 @@ def readyz(request: Request):
     s = request.app.state.holder.current
     if s is None:
         return JSONResponse({"error": "no model loaded yet"}, status_code=503)
-    return {"status": "ready", "model": s.version}
+    return {"status": "ready", "model": s.version, "kind": model_kind(s)}
 
 
 @router.get("/metrics", response_class=PlainTextResponse)

@@ -87,14 +87,17 @@ class ReloadRequest(_Body):
 
 class ModelInfo(BaseModel):
     model: str
+    kind: str = Field("mixture", description="'mixture' (embeddings and an index) or 'filter' (a closed-form "
+                      "graph filter, ranked exactly)")
     path: str
     users: int
     items: int
-    user_components: int
-    item_components: int
-    dim: int
-    index: str
-    index_size: int
+    user_components: Optional[int] = Field(description="null for a graph-filter model")
+    item_components: Optional[int] = Field(description="null for a graph-filter model")
+    dim: Optional[int] = Field(description="null for a graph-filter model")
+    index: Optional[str] = Field(description="null for a graph-filter model (every item is scored)")
+    index_size: Optional[int] = Field(description="null for a graph-filter model")
+    filter: Optional[dict] = Field(None, description="a graph-filter model's kind, params, relations and target")
     weight_sets: list[str]
     relations: list[str]
     loaded_at: float
