@@ -39,7 +39,8 @@ GRIDS = {
     "linear": ({"user_exp": [0.5], "item_exp": [0.5]}, {}),
     "lowpass": ({"rank": [32, 64, 96, 128]}, {}),
     "gfcf": ({"rank": [64, 256], "item_exp": [0.5]}, {"alpha": [0.3, 0.6, 1.0]}),
-    "chebyshev": ({"order": [8], "alpha": [0.0]}, {"cutoff": [0.8, 0.9, 0.95], "beta": [0.0]}),
+    "chebyshev": ({"order": [8], "alpha": [0.0], "rank": [256]},
+                  {"cutoff": [0.8, 0.9, 0.95], "beta": [0.0], "flatness": [0.0]}),
     "cascade": ({}, {"restart": [0.5, 0.85], "carry": [0.6], "steps": [2], "own": [0.0, 1.0, 4.0],
                      "stage_bonus": [-0.5, 0.0], "conv_exp": [0.5], "smoothing": [10.0]}),
 }

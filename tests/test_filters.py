@@ -84,6 +84,29 @@ def test_chebyshev_matches_numpy_polynomial(dense_mode):
     np.testing.assert_allclose(m.score_users(np.arange(N_U)), r @ f, rtol=1e-3, atol=1e-4)
 
 
+def test_chebyshev_plateau_matches_an_eigendecomposition(dense_mode):
+    r = _dense(3)
+    order, flat, beta = 6, 1.5, 0.4
+    m = make_filter("chebyshev", order=order, flatness=flat, beta=beta).fit(_dataset({"click": r}))
+    rn = _norm(r)
+    mu, q = np.linalg.eigh(2 * (np.eye(N_I) - rn.T @ rn) - np.eye(N_I))
+    nodes = np.cos(np.pi * (np.arange(order + 1) + 0.5) / (order + 1))
+    plateau = np.where(nodes < 0, 0.5 + 0.5 * np.abs(nodes) ** flat, 0.5 - 0.5 * np.abs(nodes) ** flat)
+    c = np.polynomial.chebyshev.chebfit(nodes, plateau, order)  # exact interpolation through K + 1 nodes
+    di = r.sum(0)
+    f = np.diag(di ** -beta) @ q @ np.diag(np.polynomial.chebyshev.chebval(mu, c)) @ q.T @ np.diag(di ** beta)
+    np.testing.assert_allclose(m.score_users(np.arange(N_U)), r @ f, rtol=1e-4, atol=1e-5)
+
+
+def test_chebyshev_plateau_of_flatness_one_is_the_linear_filter(dense_mode):
+    r = _dense(4)
+    m = make_filter("chebyshev", order=4, flatness=1.0).fit(_dataset({"click": r}))
+    rn = _norm(r)
+    np.testing.assert_allclose(m.score_users(np.arange(N_U)), r @ rn.T @ rn, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="flatness"):
+        make_filter("chebyshev", flatness=-1)
+
+
 def test_chebyshev_interpolates_at_nodes():
     c = chebyshev_coefficients(np.exp, 6)
     nodes = np.cos(np.pi * (np.arange(7) + 0.5) / 7)

@@ -189,8 +189,10 @@ class ChebyshevFilter(_NormalisedMixin, IdealLowPass):
     """Chebyshev low-pass in the style of ChebyCF (Kim et al., SIGIR 2025), optionally plus an ideal pass term.
 
     F = D_i^{-beta} [ sum_k c_k T_k(2 L~ - I) + alpha V_k^T V_k ] D_i^{beta}, with L~ = I - R~^T R~ the
-    normalised item-item Laplacian (eigenvalues in [0, 1]) and c_k interpolating the ideal low-pass
-    h(lambda) = 1 if lambda <= cutoff else 0 at K + 1 Chebyshev nodes (x = 2 lambda - 1). The
+    normalised item-item Laplacian (eigenvalues in [0, 1]) and c_k interpolating a response h at K + 1
+    Chebyshev nodes (x = 2 lambda - 1): the ideal low-pass h = 1 if lambda <= cutoff else 0 (flatness 0),
+    or ChebyCF's plateau h = 1/2 - sign(x) |x|^flatness / 2 (flatness > 0, cutoff unused; flatness 1 is
+    h = 1 - lambda, the linear filter R~^T R~; larger values flatten it around lambda = 1/2). The
     T_k are applied by the three-term recurrence T_{k+1} = 2 T_k X - T_{k-1}, X = I - 2 R~^T R~,
     each step two sparse products; nothing item x item is formed unless the item set is small.
     """
@@ -198,14 +200,23 @@ class ChebyshevFilter(_NormalisedMixin, IdealLowPass):
     kind = "chebyshev"
 
     def __init__(self, order: int = 8, cutoff: float = 0.5, alpha: float = 0.0, rank: int = 256,
-                 beta: float = 0.0, user_exp: float = 0.5, item_exp: float = 0.5, seed: int = 0):
+                 beta: float = 0.0, flatness: float = 0.0, user_exp: float = 0.5, item_exp: float = 0.5,
+                 seed: int = 0):
+        if flatness < 0:
+            raise ValueError(f"flatness must be >= 0 (0: the ideal low-pass at cutoff), got {flatness}")
         FilterModel.__init__(self, order=order, cutoff=cutoff, alpha=alpha, rank=rank, beta=beta,
-                             user_exp=user_exp, item_exp=item_exp, seed=seed)
+                             flatness=flatness, user_exp=user_exp, item_exp=item_exp, seed=seed)
 
     @property
     def coefficients(self) -> np.ndarray:
-        cut = self.params["cutoff"]
-        return chebyshev_coefficients(lambda x: ((x + 1) / 2 <= cut).astype(float), self.params["order"])
+        return chebyshev_coefficients(self.response, self.params["order"])
+
+    def response(self, x: np.ndarray) -> np.ndarray:
+        """The interpolated response h at x = 2 lambda - 1 (see the class docstring)."""
+        flat = self.params["flatness"]
+        if flat > 0:
+            return 0.5 - 0.5 * np.sign(x) * np.abs(x) ** flat
+        return ((x + 1) / 2 <= self.params["cutoff"]).astype(float)
 
     def _fit_filter(self, r):
         if self.params["alpha"]:
