@@ -254,3 +254,99 @@ def test_cli_retrieve_and_similar_read_a_filter_dir(tmp_path, capsys):
     one[3] = -np.inf
     want = np.argsort(-one, kind="stable")[:2]
     assert line.startswith("3: ") and [int(x.split(" ")[0]) for x in line[3:].split(", ")] == want.tolist()
+
+
+# ---------------------------------------------------------------- sparse and dense routes of x @ R~^T @ R~
+def _through_users_dense(x, rn, rn_t):
+    """The dense route as it was: two sparse x dense products over every nonzero (the exactness reference)."""
+    return np.ascontiguousarray((rn_t @ (rn @ np.ascontiguousarray(x.T))).T, dtype=np.float32)
+
+
+def _walk_inputs(seed):
+    """(R~ as CSR, R~ dense, {name: x}): one- and several-row inputs, few nonzeros and dense, plus zeros."""
+    import scipy.sparse as sp
+
+    from mixrec.filters.base import normalise
+    rng = np.random.default_rng(seed)
+    r = (rng.random((60, 40)) < 0.08).astype(np.float32)
+    r[:, 7] = 0  # an item nobody has
+    rn = normalise(sp.csr_matrix(r))
+    x_sparse = np.zeros((4, 40), np.float32)
+    x_sparse[[0, 0, 1, 2, 3], [3, 7, 11, 3, 25]] = rng.random(5).astype(np.float32) + 0.1
+    x_dense = rng.random((3, 40)).astype(np.float32)
+    return rn, rn.toarray().astype(np.float64), {
+        "one sparse": x_sparse[:1], "batch sparse": x_sparse, "one dense": x_dense[:1], "batch dense": x_dense,
+        "only an unseen item": np.eye(40, dtype=np.float32)[[7]], "zeros": np.zeros((2, 40), np.float32)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_through_users_routes_equal_the_dense_products_exactly(seed):
+    from mixrec.filters.base import item_side, through_users, user_side
+    rn, rd, xs = _walk_inputs(seed)
+    rn_t = rn.T.tocsr()
+    big = float(rn.nnz)
+    for name, x in xs.items():
+        ref = _through_users_dense(x, rn, rn_t)
+        np.testing.assert_allclose(ref, x.astype(np.float64) @ rd.T @ rd, rtol=1e-5, atol=1e-7, err_msg=name)
+        for share in (0.0, 0.25, 1.0, None):
+            np.testing.assert_array_equal(through_users(x, rn, rn_t, share), ref, err_msg=f"{name}, share {share}")
+        mid, users = user_side(x, rn, rn_t, big)  # every route open: the sparse ones are taken
+        np.testing.assert_array_equal(users, np.flatnonzero(rd @ np.abs(x).sum(0)), err_msg=name)
+        np.testing.assert_array_equal(mid, rn @ np.ascontiguousarray(x.T), err_msg=name)
+        for u in (users, None):  # sparse or dense second product after a sparse first one
+            np.testing.assert_array_equal(item_side(mid, u, rn, rn_t, big), ref, err_msg=name)
+        if np.any(rd @ np.abs(x).sum(0)):
+            assert user_side(x, rn, rn_t, 0.0)[1] is None, name  # share 0: always dense
+
+
+def test_routes_give_up_past_the_budget():
+    from mixrec.filters.base import item_side, nnz_of_rows, user_side
+    rn, rd, xs = _walk_inputs(3)
+    rn_t = rn.T.tocsr()
+    x = xs["one sparse"]
+    cols_nnz = int((rd[:, x[0] != 0] != 0).sum())
+    assert user_side(x, rn, rn_t, cols_nnz)[1] is not None
+    assert user_side(x, rn, rn_t, cols_nnz - 0.5)[1] is None
+    mid, users = user_side(x, rn, rn_t, cols_nnz)
+    assert nnz_of_rows(rn, users) == int((rd[users] != 0).sum())
+    class Unread:
+        def __matmul__(self, other):
+            raise AssertionError("rn_t was read")
+
+    item_side(mid, users, rn, Unread(), nnz_of_rows(rn, users))  # within budget: only the users' rows
+    with pytest.raises(AssertionError, match="rn_t was read"):
+        item_side(mid, users, rn, Unread(), nnz_of_rows(rn, users) - 0.5)
+
+
+def test_dense_rows_and_row_entries_match_scipy():
+    from mixrec.filters.base import binary_matrix, dense_rows, row_entries
+    rng = np.random.default_rng(5)
+    m = binary_matrix(rng.integers(0, 9, 40), rng.integers(0, 12, 40), 9, 12)
+    for rows in ([4], [0, 8, 4, 4], [], list(range(9))):
+        rows = np.asarray(rows, dtype=np.int64)
+        np.testing.assert_array_equal(dense_rows(m, rows), m[rows].toarray())
+        r, c, pos = row_entries(m, rows)
+        sub = m[rows].tocoo()
+        assert sorted(zip(r.tolist(), c.tolist())) == sorted(zip(sub.row.tolist(), sub.col.tolist()))
+        np.testing.assert_array_equal(m.data[pos], 1.0)
+
+
+@pytest.mark.parametrize("own", [0.0, 0.7])
+def test_cascade_serves_one_user_exactly_as_the_dense_route(own, monkeypatch):
+    from mixrec.filters import base
+    mats = {"view": _dense(4, 0.15), "cart": _dense(5, 0.08), "buy": _dense(6, 0.05)}
+    m = make_filter("cascade", own=own, stage_bonus=0.2).fit(_dataset(mats))
+    users = np.arange(N_U)
+    monkeypatch.setattr(base, "SPARSE_SHARE", 0.0)
+    dense = [m.recommend([u], k=6) for u in users] + [m.recommend(users[:5], k=6)]
+    full = m.score_users(users)
+    monkeypatch.setattr(base, "SPARSE_SHARE", 1.0)
+    taken = []
+    real = base.user_side
+    monkeypatch.setattr(base, "user_side", lambda *a: taken.append(real(*a)) or taken[-1])
+    sparse = [m.recommend([u], k=6) for u in users] + [m.recommend(users[:5], k=6)]
+    assert all(users is not None for _, users in taken)
+    for (i_d, s_d), (i_s, s_s) in zip(dense, sparse):
+        np.testing.assert_array_equal(i_s, i_d)
+        np.testing.assert_array_equal(s_s, s_d)
+    np.testing.assert_array_equal(m.score_users(users), full)

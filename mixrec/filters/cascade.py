@@ -29,7 +29,8 @@ class CascadeRank(FilterModel):
         s_b = sum_{t=0}^{T} c (1 - c)^t q_b P~_b^t,  P~_b = R~_b^T R~_b, R~_b = D_u^{-1/2} R_b D_i^{-1/2}
 
     a personalised PageRank with restart probability c truncated after T item-user-item steps (l1:
-    rows scaled to sum 1). Every stage is two sparse products per step.
+    rows scaled to sum 1). Every stage is two sparse products per step; while the walk is still sparse (the
+    first stage's first step: one user's items) they read only the rows it touches (base.through_users).
 
     The ranking blends s_{b_m} with the user's own earlier-behaviour items (on tmall_mb 80% of the
     held-out buys were viewed before), each weighted by the item's smoothed conversion rate:

@@ -55,7 +55,7 @@ def evaluate_filter(model, data: Dataset, ks: Sequence[int], split: str = "test"
         tr = data.split("train", relations=None if exclude_seen == "all" else [rel])
         seen = binary_matrix(tr.src, tr.dst, model.n_users, model.n_items)
     top, _ = model._ranked(lambda lo, hi: model.score_users(users[lo:hi]), len(users), max(ks),
-                           (lambda lo, hi: seen[users[lo:hi]]) if seen is not None else None, batch)
+                           (seen, users) if seen is not None else None, batch)
     metrics = ranking_metrics(top, truth[0], truth[1], ks)
     return {"relations": {rel: {"users": int(len(users)), "exact": metrics}},
             "settings": {"ks": list(ks), "split": split, "exclude_seen": exclude_seen, "methods": ["exact"]}}
