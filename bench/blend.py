@@ -2,6 +2,7 @@
 
     python bench/blend.py                                    # tmall_mb, all test users
     python bench/blend.py --users 2000 --epochs 5 --filter-params '{"own": 1.0, "stage_bonus": -0.5}'
+    python bench/blend.py --graph-only --users 500                # the graph source alone: dense vs sparse route
 
 One funnel query per test user, ``mixture(k) | graph(k) | history(n) | popular(k)`` unioned with quotas,
 the user's seen target items removed (tmall_mb: only buy-train). Per source: the held-out items its
@@ -10,6 +11,11 @@ the blend's candidate-set hit rate against the best single source, and its laten
 in process, one user at a time). Mixture: mixrec's defaults trained for ``--epochs`` (or ``--model``);
 graph filter: the cascade on tmall_mb (``--filter-params``, tuned by bench/filters.py on validation),
 GF-CF on ml1m; or a fitted directory (``--filter``).
+
+``--graph-only`` trains no mixture and times the graph source alone (the funnel's ``graph(k)``, k the
+largest quota) per user, in process, one thread, twice per user in alternating order: with the filters'
+dense route forced (``SPARSE_SHARE = 0``: every walk step two products over all nonzeros, as before the
+sparse route existed) and with the default route; both must return the same items and scores.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from mixrec.config import Config  # noqa: E402
 from mixrec.filters import load_filter, make_filter  # noqa: E402
 from mixrec.funnel import Funnel, Query  # noqa: E402
 from mixrec.funnel.contrib import as_table, contributions  # noqa: E402
-from mixrec.funnel.sources import SOURCE_CODE  # noqa: E402
+from mixrec.filters import base as filter_base  # noqa: E402
+from mixrec.funnel.sources import SOURCE_CODE, graph_source  # noqa: E402
 from mixrec.model.mixture import MixtureModel  # noqa: E402
 from mixrec.serve.server import configure_threads  # noqa: E402
 from mixrec.train import train  # noqa: E402
@@ -46,6 +53,51 @@ def blend_query(quotas: list[int], seen: list[str] | bool) -> Query:
         .filter(exclude_seen=seen)
 
 
+def graph_latency(filt, users: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Seconds per user of the graph source with the dense route forced and with the default one, interleaved.
+
+    Raises if the two routes return different items or scores for any user.
+    """
+    share = filter_base.SPARSE_SHARE
+    routes = {"dense": 0.0, "default": share}
+    lat = {r: np.zeros(len(users)) for r in routes}
+    try:
+        for r, v in routes.items():  # warm both
+            filter_base.SPARSE_SHARE = v
+            graph_source(filt, int(users[0]), k)
+        for j, u in enumerate(users):
+            got = {}
+            for r in (list(routes) if j % 2 == 0 else list(routes)[::-1]):
+                filter_base.SPARSE_SHARE = routes[r]
+                t = time.perf_counter()
+                got[r] = graph_source(filt, int(u), k)
+                lat[r][j] = time.perf_counter() - t
+            if not (np.array_equal(got["dense"].items, got["default"].items)
+                    and np.array_equal(got["dense"].scores, got["default"].scores)):
+                raise AssertionError(f"user {u}: the sparse route changed the graph source's candidates")
+    finally:
+        filter_base.SPARSE_SHARE = share
+    return lat
+
+
+def percentiles(sec: np.ndarray) -> dict[str, float]:
+    return {f"p{q}_ms": float(np.percentile(sec, q) * 1e3) for q in (50, 95, 99)}
+
+
+def show_graph_only(a: argparse.Namespace, filt, users: np.ndarray, fit_s: float) -> None:
+    """--graph-only: print (and write with --rows) the graph source's latency percentiles on both routes."""
+    k = max(a.quotas)
+    figs = {r: percentiles(v) for r, v in graph_latency(filt, users, k).items()}
+    print(f"{a.dataset}: graph source alone ({filt.kind}, k {k}, fitted {fit_s:.1f}s {filt.params}), "
+          f"{len(users):,} users, one at a time, same candidates on both routes")
+    for r, f in figs.items():
+        print(f"  {r + ' route':<14} " + ", ".join(f"{q[:-3]} {v:.2f} ms" for q, v in f.items()))
+    if a.rows:
+        Path(a.rows).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.rows).write_text(json.dumps({"users": len(users), "k": k, "graph_only": figs,
+                                            "sparse_share": filter_base.SPARSE_SHARE}, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="tmall_mb", choices=["tmall_mb", "ml1m"])
@@ -57,6 +109,8 @@ def main() -> None:
     p.add_argument("--users", type=int, default=None, help="a seeded sample of test users (default: all)")
     p.add_argument("--work", default=str(ROOT / "runs" / "blend"))
     p.add_argument("--rows", default=None, help="write the figures as JSON")
+    p.add_argument("--graph-only", action="store_true",
+                   help="no mixture: time the graph source alone, dense route forced vs default (see above)")
     a = p.parse_args()
     print("command: python bench/blend.py " + " ".join(sys.argv[1:]), flush=True)
     if not (DATA / DATASETS[a.dataset]["file"]).is_file():
@@ -64,7 +118,7 @@ def main() -> None:
         return
     b = Bench(a.dataset, Path(a.work))
     t0 = time.perf_counter()
-    model = MixtureModel.load(a.model) if a.model else train(
+    model = None if a.graph_only else MixtureModel.load(a.model) if a.model else train(
         b.eval_data, Config().with_overrides({"epochs": a.epochs}), b.work / "mixture", progress=False)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -75,11 +129,14 @@ def main() -> None:
         rels = [r for r in ("view", "cart", "buy")] if kind == "cascade" else [r.name for r in b.data.relations]
         filt = make_filter(kind, **params).fit(b.eval_data, relations=rels, target=b.target)
     fit_s = time.perf_counter() - t0
-    funnel = Funnel(model, filters={"default": filt})
     configure_threads()  # one thread per query, as the server runs them (FAISS's OpenMP pool costs 20x at p50 under load)
+    users = b.users if a.users is None else np.sort(np.random.default_rng(0).choice(b.users, a.users, False))
+    if a.graph_only:
+        show_graph_only(a, filt, users, fit_s)
+        return
+    funnel = Funnel(model, filters={"default": filt})
     seen = [b.target] if b.spec["exclude"] == "relation" else True
     q = blend_query(a.quotas, seen)
-    users = b.users if a.users is None else np.sort(np.random.default_rng(0).choice(b.users, a.users, False))
     rows = np.searchsorted(b.users, users)
     width = sum(a.quotas)
     items, via = np.full((len(users), width), -1, np.int64), np.zeros((len(users), width), np.int64)
