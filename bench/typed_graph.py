@@ -1,8 +1,9 @@
-"""Typed graphs: lastfm_hetrec2k listens (user->artist) + friendships (user->user), and the Explore-like graph.
+"""Typed graphs: lastfm_hetrec2k listens + friendships, yelp_cat visits + categories, the Explore-like graph.
 
     python bench/typed_graph.py                      # lastfm: listens-only vs listens + friends, friend baselines
     python bench/typed_graph.py --friend-weight 0.5  # the same with another task weight of the friend relation
     python bench/typed_graph.py --explore            # synthetic Explore graph: consumer->creator planted precision
+    python bench/typed_graph.py --yelp --users 5000  # yelp_cat: visits vs visits + business->category (typed_yelp.py)
 
 lastfm protocol (seeded): listens are held out per user (a random 20% of each user's artists, rounded down);
 friendships are held out per undirected pair (a random 20% of pairs, both directions go to test, so a held-out
@@ -197,18 +198,35 @@ def run_explore(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--explore", action="store_true", help="the synthetic Explore-like graph instead of lastfm")
-    ap.add_argument("--epochs", type=int, default=None, help="default 2 (lastfm), 8 (explore)")
+    ap.add_argument("--yelp", action="store_true", help="yelp_cat: user->business visits, business->category")
+    ap.add_argument("--epochs", type=int, default=None, help="default 2 (lastfm), 8 (explore), 20 (yelp: the most, "
+                    "with early stopping on validation)")
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--components", type=int, default=4, help="components per user (lastfm)")
     ap.add_argument("--friend-weight", type=float, default=1.0, help="task weight of the friend relation")
-    ap.add_argument("--multi-only", action="store_true", help="train only the listens + friends model (ratios "
-                    "then against itself); for task-weight ablations")
+    ap.add_argument("--multi-only", action="store_true", help="train only the multi-task model (listens + "
+                    "friends, ratios then against itself; yelp: visits + categories); for task-weight ablations")
+    ap.add_argument("--users", type=int, default=0, help="yelp: a random sample of this many users (0: all)")
+    ap.add_argument("--valid-users", type=int, default=2000, help="yelp: users with one training visit held out "
+                    "for validation")
+    ap.add_argument("--eval-users", type=int, default=5000, help="yelp: a seeded sample of this many test users "
+                    "is evaluated (0: all)")
+    ap.add_argument("--category-weight", type=float, default=1.0, help="yelp: task weight of business->category")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.explore:
         args.epochs = args.epochs or 8
         return run_explore(args)
+    if args.yelp:
+        from typed_yelp import run_yelp
+
+        data = ROOT.parent / "shared" / "data" / "yelp_cat"
+        if not data.is_dir():
+            sys.exit(f"{data} not found: this benchmark needs the yelp_cat files (interactions.tsv.gz, "
+                     "item_categories.tsv.gz)")
+        args.epochs = args.epochs or 20
+        return run_yelp(args, data, Path(tempfile.mkdtemp(prefix="yelp_")), train)
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: this benchmark needs the lastfm_hetrec2k files (user_artists.tsv, "
                  "user_friends.tsv)")
