@@ -1,8 +1,10 @@
-"""Typed graphs: lastfm_hetrec2k listens (user->artist) + friendships (user->user), and the Explore-like graph.
+"""Typed graphs: lastfm_hetrec2k listens + friendships, yelp_cat visits + categories, the Explore-like graph.
 
     python bench/typed_graph.py                      # lastfm: listens-only vs listens + friends, friend baselines
     python bench/typed_graph.py --friend-weight 0.5  # the same with another task weight of the friend relation
     python bench/typed_graph.py --explore            # synthetic Explore graph: consumer->creator planted precision
+    python bench/typed_graph.py --epochs 20 --funnel # lastfm, friends also from funnels and a blend with CN
+    python bench/typed_graph.py --yelp               # yelp_cat: visits vs visits + business->category (typed_yelp.py)
 
 lastfm protocol (seeded): listens are held out per user (a random 20% of each user's artists, rounded down);
 friendships are held out per undirected pair (a random 20% of pairs, both directions go to test, so a held-out
@@ -12,7 +14,10 @@ and schema (the listens-only schema drops the friend relation). Artist Recall@20
 per-relation evaluation (full ranking over all artists, the user's training artists excluded). Friend Recall@20:
 the model's top 20 from ``Retriever(model, source_type='user', target_type='user')``, popularity (training
 friend count) and common-neighbour counts (A @ A with scipy.sparse, ties broken by popularity) all rank every
-user except the query and its training friends, scored against the same held-out friends.
+user except the query and its training friends, scored against the same held-out friends. With --funnel also:
+the funnel ``history(relation='friend', n=100) -> similar(k=50) -> filter(exclude_seen)`` (each training
+friend's 50 nearest users by the model, scores summed over friends), its reciprocal-rank union with the
+model's top 100, and the same blend rule over the model's top 100 and the common-neighbour top 100.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from mixrec.train import train
 
 DATA = ROOT.parent / "shared" / "data" / "lastfm_hetrec2k"
 K = 20
+FRIEND_SEEDS, FRIEND_NEIGHBOURS = 100, 50  # --funnel: training friends used as seeds, nearest users of each
 SCHEMA = """\
 [entities.user]
 [entities.artist]
@@ -113,8 +119,8 @@ def topk_from_scores(scores: np.ndarray, k: int) -> np.ndarray:
     return np.take_along_axis(part, order, 1)
 
 
-def friend_baselines(ds, users: np.ndarray) -> dict[str, np.ndarray]:
-    """Top K by popularity and by common-neighbour count, the query and its training friends excluded."""
+def friend_baselines(ds, users: np.ndarray, k: int = K) -> dict[str, np.ndarray]:
+    """Top ``k`` by popularity and by common-neighbour count, the query and its training friends excluded."""
     n = ds.num("user")
     e = ds.split("train", relations=["friend"])
     a = sp.csr_matrix((np.ones(len(e.src)), (e.src, e.dst)), shape=(n, n))
@@ -126,7 +132,52 @@ def friend_baselines(ds, users: np.ndarray) -> dict[str, np.ndarray]:
     for name, score in (("popularity", np.tile(pop, (len(users), 1))),
                         ("common neighbours", (a[users] @ a).toarray() + pop[None, :] / (pop.max() + 1.0))):
         score = np.where(mask, -np.inf, score.astype(np.float64))
-        out[name] = topk_from_scores(score, K)
+        out[name] = topk_from_scores(score, k)
+    return out
+
+
+def triangle_share(ds) -> float:
+    """Share of the held-out friend edges whose two users have a common training friend."""
+    n = ds.num("user")
+    e, t = ds.split("train", relations=["friend"]), ds.split("test", relations=["friend"])
+    a = sp.csr_matrix((np.ones(len(e.src)), (e.src, e.dst)), shape=(n, n))
+    a.data[:] = 1.0
+    return float((np.asarray(a[t.src].multiply(a[t.dst]).sum(1)).ravel() > 0).mean())
+
+
+def rr_blend(first: np.ndarray, second: np.ndarray, k: int) -> np.ndarray:
+    """Per row, the funnel's reciprocal-rank blend (mixrec.funnel.sources.blend, equal weights) of two ranked
+    lists (rows padded with -1): an item at rank r of a list scores 1 / r, duplicates keep their best."""
+    from mixrec.funnel.sources import CandidateSet, blend
+
+    out = np.full((len(first), k), -1, np.int64)
+    for i, (a, b) in enumerate(zip(first, second)):
+        sets = [CandidateSet.make(x[x >= 0], 1.0 / np.arange(1, (x >= 0).sum() + 1), src)
+                for x, src in ((a, "mixture"), (b, "graph"))]
+        got = blend(sets, [1.0, 1.0], [None, None], k).items
+        out[i, :len(got)] = got
+    return out
+
+
+def friend_funnels(model, users: np.ndarray) -> dict[str, np.ndarray]:
+    """Top K of two user->user funnels, the query and its training friends excluded (rows padded with -1):
+    the user's training friends expanded to their nearest users by the model (summed over friends: an
+    embedding version of the common-neighbour count), and a union of that with the plain mixture retrieval."""
+    from mixrec.funnel import Funnel, Query
+
+    funnel = Funnel(model, source_type="user", target_type="user")
+    friends = Query().history(relation="friend", n=FRIEND_SEEDS).similar(k=FRIEND_NEIGHBOURS).filter(exclude_seen=True)
+    queries = {"funnel friends+sim": friends,
+               "funnel blend": Query().mixture(k=100).union(friends, weights=[1.0, 1.0])}
+    out = {}
+    for name, q in queries.items():
+        q = q.filter(exclude_seen=True).take(K + 1)
+        top = np.full((len(users), K), -1, np.int64)
+        for i, u in enumerate(users):
+            got = funnel.run(q, int(u)).candidates.items
+            got = got[got != u][:K]  # the query itself
+            top[i, :len(got)] = got
+        out[name] = top
     return out
 
 
@@ -152,8 +203,13 @@ def run_lastfm(args) -> None:
             truth = csr_from_pairs(np.searchsorted(users, test.src), test.dst, len(users))
             tops = {"mixrec user->user": Retriever(model, source_type="user", target_type="user")
                     .recommend(users, K, exclude_seen=True).items, **friend_baselines(ds, users)}
+            if args.funnel:
+                tops.update(friend_funnels(model, users))
+                wide = Retriever(model, source_type="user", target_type="user").recommend(users, 100).items
+                tops["blend mixrec + CN"] = rr_blend(wide, friend_baselines(ds, users, 100)["common neighbours"], K)
             friend_rows = {m: ranking_metrics(t, *truth, [K])[f"recall@{K}"] for m, t in tops.items()}
             friend_users = len(users)
+            closed = triangle_share(ds)
     base = rows.get("listens only", rows["listens + friends"])
     against = "listens only" if "listens only" in rows else "the row above"
     print(f"\nartist Recall@{K} (relation listen, {rep['users']} test users; ratio against {against})")
@@ -164,6 +220,8 @@ def run_lastfm(args) -> None:
     print(f"\nfriend Recall@{K} (relation friend, {friend_users} test users; ratio against common neighbours)")
     for name, r in friend_rows.items():
         print(f"{name:<20} {r:8.4f} {r / cn:6.3f}")
+    if args.funnel:
+        print(f"{closed:.1%} of the held-out friendships close a triangle (the two users share a training friend)")
 
 
 def planted_precision(model, truth, k: int = 10) -> tuple[float, float]:
@@ -197,18 +255,37 @@ def run_explore(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--explore", action="store_true", help="the synthetic Explore-like graph instead of lastfm")
-    ap.add_argument("--epochs", type=int, default=None, help="default 2 (lastfm), 8 (explore)")
+    ap.add_argument("--yelp", action="store_true", help="yelp_cat: user->business visits, business->category")
+    ap.add_argument("--epochs", type=int, default=None, help="default 2 (lastfm), 8 (explore), 20 (yelp: the most, "
+                    "with early stopping on validation)")
     ap.add_argument("--dim", type=int, default=32)
     ap.add_argument("--components", type=int, default=4, help="components per user (lastfm)")
     ap.add_argument("--friend-weight", type=float, default=1.0, help="task weight of the friend relation")
-    ap.add_argument("--multi-only", action="store_true", help="train only the listens + friends model (ratios "
-                    "then against itself); for task-weight ablations")
+    ap.add_argument("--multi-only", action="store_true", help="train only the multi-task model (listens + "
+                    "friends, ratios then against itself; yelp: visits + categories); for task-weight ablations")
+    ap.add_argument("--users", type=int, default=0, help="yelp: a random sample of this many users (0: all)")
+    ap.add_argument("--valid-users", type=int, default=2000, help="yelp: users with one training visit held out "
+                    "for validation")
+    ap.add_argument("--eval-users", type=int, default=5000, help="yelp: a seeded sample of this many test users "
+                    "is evaluated (0: all)")
+    ap.add_argument("--category-weight", type=float, default=1.0, help="yelp: task weight of business->category")
+    ap.add_argument("--funnel", action="store_true", help="lastfm: also rank friends with two user->user funnels "
+                    "and a reciprocal-rank blend of the model with common neighbours")
     ap.add_argument("--test-fraction", type=float, default=0.2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.explore:
         args.epochs = args.epochs or 8
         return run_explore(args)
+    if args.yelp:
+        from typed_yelp import run_yelp
+
+        data = ROOT.parent / "shared" / "data" / "yelp_cat"
+        if not data.is_dir():
+            sys.exit(f"{data} not found: this benchmark needs the yelp_cat files (interactions.tsv.gz, "
+                     "item_categories.tsv.gz)")
+        args.epochs = args.epochs or 20
+        return run_yelp(args, data, Path(tempfile.mkdtemp(prefix="yelp_")), train)
     if not DATA.is_dir():
         sys.exit(f"{DATA} not found: this benchmark needs the lastfm_hetrec2k files (user_artists.tsv, "
                  "user_friends.tsv)")

@@ -212,6 +212,8 @@ class Searcher:
         """Round-robin for query mixtures (B, C_s, n) with weights (B, C_s); ``exclude`` = (row, item) pairs,
         ``extra`` = how many more neighbours per component to fetch so that ``k`` survive the exclusion."""
         b, cs, dim = queries.shape
+        if b == 0:  # no query rows (e.g. a funnel seed set that is empty)
+            return Candidates(np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros((0, k), np.int64))
         m = min((k + extra) * self.index.components, self.index.size)
         flat = np.ascontiguousarray(queries.reshape(b * cs, dim))
         live = np.asarray(w_src).reshape(-1) > 0  # pruned components (weight 0) are not searched

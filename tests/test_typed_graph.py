@@ -163,3 +163,18 @@ def test_evaluate_scores_each_relation_against_its_destination_type(click_and_ta
             recalls.append(len(truth & set(top)) / len(truth))
         assert rep["relations"][name]["exact"][f"recall@{k}"] == pytest.approx(np.mean(recalls)), name
         assert rep["relations"][name]["target_type"] == t
+
+
+# ---------------------------------------------------------------------------------- user->user funnel
+def test_friends_then_similar_is_empty_for_a_user_without_friends():
+    """history(follow) -> similar on user->user: a user with no follows gets no candidates (not an error)."""
+    from mixrec.funnel import Funnel, Query
+
+    rels = [Relation("click", "user", "item"), Relation("follow", "user", "user")]
+    ds = typed_dataset(rels, {"user": 4, "item": 3}, [(0, 0, 0), (3, 1, 0), (0, 1, 1), (1, 2, 1), (2, 0, 1)])
+    funnel = Funnel(model_of(ds), source_type="user", target_type="user")
+    assert funnel.similar(np.zeros(0, np.int64), 2).items.shape == (0, 2)
+    q = Query().history(relation="follow", n=10).similar(k=2)
+    assert len(funnel.run(q, 3).candidates) == 0  # user 3 follows nobody
+    got = funnel.run(q, 0).candidates.items  # user 0 follows user 1: user 1's 2 nearest users
+    assert sorted(got.tolist()) == sorted(funnel.similar(np.array([1]), 2).items[0].tolist())
