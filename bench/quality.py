@@ -49,11 +49,14 @@ DATASETS = {
 }
 MODELS = {
     "single 1x64": {"components.user": 1, "components.item": 1, "dim": 64},
+    "single 1x128": {"components.user": 1, "components.item": 1, "dim": 128},
     "mixture 4x16": {"components.user": 4, "components.item": 1, "dim": 16},
     "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
     "mixture 4x32": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "none"},
     "mixture 4x32 soft routing": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "soft"},
     "mixture 4x32 hard routing": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "hard"},
+    "mixture 4x32 cluster init": {"components.user": 4, "components.item": 1, "dim": 32,
+                                  "init.user_components": "clusters"},
     "mixture 4x64 soft routing": {"components.user": 4, "components.item": 1, "dim": 64, "routing": "soft"},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
