@@ -194,7 +194,8 @@ class Bench:
             refit = {"refit_epochs": epochs}
         train_s = time.perf_counter() - t0
         rep = evaluate(model, self.eval_data, self.spec["ks"], relation=self.target,
-                       exclude_seen=self.spec["exclude"], labels=self.labels)
+                       exclude_seen=self.spec["exclude"], labels=self.labels,
+                       index_config=model.config.index.model_copy(update={"merge": "round_robin"}))
         save_json(out / "evaluation.json", rep)
         res = rep["relations"][self.target]
         extra = {"train_s": train_s, "config": over, "section": section, "epochs": len(hist),

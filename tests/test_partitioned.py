@@ -16,7 +16,7 @@ from mixrec.train.sampler import edge_weights
 from mixrec.weights import OnlineWeights, compute_weight_sets
 
 FAST = {"dim": 8, "epochs": 3, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32, "lr": 0.5,
-        "margin": 0.3, "early_stopping.patience": 0}
+        "margin": 0.3, "early_stopping.patience": 0, "components.user": 4}
 
 
 def fast(**kw) -> Config:

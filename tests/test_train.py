@@ -13,7 +13,7 @@ from mixrec.train.sampler import edge_weights, epoch_schedule, training_edges
 from mixrec.train.step import Batch, batch_loss, rowwise_adagrad_
 
 FAST = {"dim": 8, "epochs": 3, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32, "lr": 0.5,
-        "init_scale": 0.1, "margin": 0.3}
+        "init_scale": 0.1, "margin": 0.3, "components.user": 4}
 
 
 def fast(**kw) -> Config:

@@ -66,7 +66,7 @@ def test_with_validation_on_one_relation_holds_out_only_its_edges(planted):
 
 
 def test_base_params_reads_the_config_and_rejects_values_outside_the_space():
-    cfg = Config()
+    cfg = Config().with_overrides({"components.user": 4})  # a mixture: gamma and theta are tuned too
     start = base_params(cfg, default_space(cfg))
     assert start == {"lr": cfg.lr, "gamma": cfg.gamma, "theta": cfg.theta,
                      "negatives.uniform": cfg.negatives.uniform, "temperature": cfg.temperature}
