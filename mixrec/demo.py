@@ -33,8 +33,8 @@ MODELS = {SINGLE: {"components.user": 1, "dim": 4}, MIXTURE: {"components.user":
 NOTE = """Both models have the same 4-d item vectors; the mixture gives each user four of them (4x the user
 parameters). A single vector with the mixture's user degrees of freedom has 16 dimensions, and so do its
 items: train it with `--set components.user=1 --set dim=16` and compare with `mixrec evaluate`.
-'exact' ranks all items by the pooled score, 'retrieval' is the round-robin KNN that `mixrec retrieve` and
-`mixrec serve` run. label_coverage@50: distinct labels in a user's top 50 / all labels; div@50: pairwise
+'exact' ranks all items by the pooled score, 'retrieval' is what `mixrec retrieve` and `mixrec serve` return
+(per-component KNN lists merged by the pooled score). label_coverage@50: distinct labels in a user's top 50 / all labels; div@50: pairwise
 label diversity of the top 50."""
 # Further examples shown after the comparison: each is called with (workdir, echo) and prints its own section.
 # The typed-graph example (several entity types and relations) registers itself here.
