@@ -61,14 +61,18 @@ def round_robin_merge(sims: np.ndarray, ids: np.ndarray, w_src: np.ndarray, w_ds
     pair = ubatch * n + uitem
     _, first_of_pair = np.unique(pair, return_index=True)  # best occurrence of each (row, item)
     first_of_pair.sort()
-    ubatch, uitem, score, comp = (a[first_of_pair] for a in (ubatch, uitem, score, comp))
-    start = np.searchsorted(ubatch, ubatch, side="left")
-    pos = np.arange(len(ubatch)) - start
+    return _top_per_row(b, k, *(a[first_of_pair] for a in (ubatch, uitem, score, comp)))
+
+
+def _top_per_row(b: int, k: int, rows: np.ndarray, items: np.ndarray, scores: np.ndarray,
+                 comps: np.ndarray) -> Candidates:
+    """The first ``k`` entries of each row of flat arrays sorted by row, best first within a row."""
+    pos = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     top = pos < k
     out = Candidates(np.full((b, k), -1, np.int64), np.zeros((b, k), np.float32), np.full((b, k), -1, np.int64))
-    out.items[ubatch[top], pos[top]] = uitem[top]
-    out.scores[ubatch[top], pos[top]] = score[top]
-    out.components[ubatch[top], pos[top]] = comp[top]
+    out.items[rows[top], pos[top]] = items[top]
+    out.scores[rows[top], pos[top]] = scores[top]
+    out.components[rows[top], pos[top]] = comps[top]
     return out
 
 
@@ -110,14 +114,7 @@ def rescore_merge(queries: np.ndarray, w_src: np.ndarray, ids: np.ndarray, targe
             score[lo:lo + len(r)] = s[:, 0].numpy()
             comp[lo:lo + len(r)] = m.amax(-1).masked_fill(~kp, -torch.inf).argmax(-1).numpy()
     order = np.lexsort((uitem, -score, urow))
-    urow, uitem, score, comp = urow[order], uitem[order], score[order], comp[order]
-    pos = np.arange(len(urow)) - np.searchsorted(urow, urow, side="left")
-    top = pos < k
-    out = Candidates(np.full((b, k), -1, np.int64), np.zeros((b, k), np.float32), np.full((b, k), -1, np.int64))
-    out.items[urow[top], pos[top]] = uitem[top]
-    out.scores[urow[top], pos[top]] = score[top]
-    out.components[urow[top], pos[top]] = comp[top]
-    return out
+    return _top_per_row(b, k, urow[order], uitem[order], score[order], comp[order])
 
 
 def load_or_build_index(model, target_type: str, config: IndexConfig) -> ComponentIndex:
