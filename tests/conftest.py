@@ -1,4 +1,5 @@
-"""Shared fixtures: a small planted multi-interest dataset and the shared real data folder (optional)."""
+"""Shared fixtures: a small planted multi-interest dataset, a small typed Explore-like model and the shared real
+data folder (optional)."""
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,26 @@ from mixrec.data.ingest import build_dataset
 from mixrec.data.synthetic import SyntheticSpec, generate
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+EXPLORE_TRAIN = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
+                 "components.consumer": 2, "components.creator": 1, "components.media": 1,
+                 "early_stopping.patience": 0}
+
+
+def train_explore(root: Path, **over):
+    """A model of the small Explore-like graph (consumers, creators, media) trained under ``root``."""
+    from mixrec.data.explore import ExploreSpec, write_explore
+    from mixrec.data.schema import ingest_graph
+    from mixrec.train import train
+
+    ds = ingest_graph(write_explore(ExploreSpec(n_accounts=120, n_creators=24, seed=1), root / "raw"), root / "data",
+                      progress=False)
+    return train(ds, Config().with_overrides({**EXPLORE_TRAIN, **over}), root / "model", progress=False)
+
+
+@pytest.fixture(scope="session")
+def explore_model(tmp_path_factory):
+    """The Explore-like model at EXPLORE_TRAIN, shared by the typed serving and funnel tests."""
+    return train_explore(tmp_path_factory.mktemp("explore"))
 
 
 def small_spec(**kw) -> SyntheticSpec:

@@ -7,25 +7,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mixrec.cli import main
-from mixrec.config import Config
-from mixrec.data.explore import ExploreSpec, write_explore
-from mixrec.data.schema import ingest_graph
 from mixrec.foldin import FoldInSettings, fold_in, fold_in_model
 from mixrec.retrieve import Retriever
 from mixrec.serve import ServeSettings, create_app
-from mixrec.train import train
+from tests.conftest import train_explore
 
-SPEC = ExploreSpec(n_accounts=120, n_creators=24, seed=1)
-TRAIN = {"dim": 16, "epochs": 6, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.consumer": 2, "components.creator": 1, "components.media": 1, "early_stopping.patience": 0}
 STEPS = 20  # fold-in steps of the HTTP and CLI comparisons
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("foldin_typed")
-    ds = ingest_graph(write_explore(SPEC, root / "raw"), root / "data", progress=False)
-    return train(ds, Config().with_overrides(TRAIN), root / "model", progress=False)
+    return train_explore(tmp_path_factory.mktemp("foldin_typed"), dim=16, epochs=6)
 
 
 @pytest.fixture(scope="module")

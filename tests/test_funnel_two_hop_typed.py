@@ -9,25 +9,16 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mixrec.cli import main
-from mixrec.config import Config
-from mixrec.data.explore import ExploreSpec, write_explore
-from mixrec.data.schema import ingest_graph
 from mixrec.funnel import Funnel, Query
 from mixrec.retrieve import Retriever
 from mixrec.serve import ServeSettings, create_app
-from mixrec.train import train
 
-TRAIN = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
-         "components.consumer": 2, "components.creator": 1, "components.media": 1, "early_stopping.patience": 0}
 TWO_HOP = Query.source().two_hop(via="creator", relation="authored", k_via=8, per_via=3, k=15)
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    root = tmp_path_factory.mktemp("two_hop_typed")
-    ds = ingest_graph(write_explore(ExploreSpec(n_accounts=120, n_creators=24, seed=1), root / "raw"), root / "data",
-                      progress=False)
-    return train(ds, Config().with_overrides(TRAIN), root / "model", progress=False)
+def model(explore_model):
+    return explore_model
 
 
 @pytest.fixture(scope="module")
