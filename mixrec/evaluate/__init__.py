@@ -59,8 +59,9 @@ def evaluate(model, dataset: Dataset | str | Path, ks: Sequence[int] = (20, 50),
     destination type (all relations between the same two types), 'relation' only the evaluated
     relation's training destinations (the multi-behaviour protocol), 'none' nothing. Returns
     ``{"relations": {name: {"source_type", "target_type", "users", method: metrics}}, "settings": {...}}``;
-    ``method`` is 'exact' (all destinations ranked by the pooled score) and/or 'retrieval' (round-robin
-    KNN output, through ``index_config``, default the model's). ``labels`` describe the model's default target type and apply to relations ending there.
+    ``method`` is 'exact' (all destinations ranked by the pooled score) and/or 'retrieval' (the served KNN
+    output, merged as ``index_config`` says, default the model's index config). ``labels`` describe the model's
+    default target type and apply to relations ending there.
     """
     from mixrec.retrieve import Retriever
 
