@@ -24,6 +24,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 LUA = """
 math.randomseed(%(seed)d)
@@ -63,12 +65,13 @@ def _wait_ready(url: str, proc: subprocess.Popen, timeout: float = 600) -> None:
     raise SystemExit(f"the server at {url} was not ready after {timeout:.0f}s")
 
 
-def ensure_model(work: Path, items: int) -> Path:
+def ensure_model(work: Path, items: int, components: int, dim: int) -> Path:
     """The planted 1M-item (or --items) HNSW model of bench/serve_load.py, built once under ``work``."""
     model = work / "synthetic"
     if not (model / "model.json").is_file():
         subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "synthetic", "--work", str(work),
-                        "--items", str(items)], check=True, env=_env())
+                        "--items", str(items), "--components", str(components), "--dim", str(dim)],
+                       check=True, env=_env())
     return model
 
 
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="runs/serve", help="where the synthetic model is (or is built)")
     p.add_argument("--items", type=int, default=1_000_000, help="items of the synthetic model when it is built")
+    p.add_argument("--components", type=int, default=None,
+                   help="user components of a model built here (default: today's Config default)")
+    p.add_argument("--dim", type=int, default=None, help="dimension of a model built here (default: today's)")
     p.add_argument("--duration", type=int, default=10, help="seconds per concurrency")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--stacks", nargs="+", default=["default", "pure"], choices=["default", "pure"])
@@ -122,9 +128,14 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("wrk is not installed (apt-get install wrk); nothing measured", file=sys.stderr)
         return 2
-    model = ensure_model(Path(a.work), a.items)
-    users = json.loads((model / "model.json").read_text())["entities"]["user"]["count"]
-    print(f"model {model} ({users:,} users); {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} at start")
+    from mixrec.config import Config
+    cfg = Config()
+    model = ensure_model(Path(a.work), a.items, a.components or cfg.components.get("user", 1), a.dim or cfg.dim)
+    meta = json.loads((model / "model.json").read_text())
+    users = meta["entities"]["user"]["count"]
+    dim = np.load(model / "embeddings" / "item.npy", mmap_mode="r").shape[-1]
+    print(f"model {model} ({users:,} users x {meta['entities']['user']['components']} components, "
+          f"{meta['entities']['item']['count']:,} items, dim {dim}); {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f} at start")
     rows = [r for stack in a.stacks for r in run_stack(stack, model, users, a)]
     print(f"{'stack':<8} {'conc':>4} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>8} {'errors':>6}")
     for r in rows:
