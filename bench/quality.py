@@ -57,6 +57,8 @@ MODELS = {
     "mixture 4x32 hard routing": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "hard"},
     "mixture 4x32 cluster init": {"components.user": 4, "components.item": 1, "dim": 32,
                                   "init.user_components": "clusters"},
+    "mixture 4x64 cluster init": {"components.user": 4, "components.item": 1, "dim": 64,
+                                  "init.user_components": "clusters"},
     "mixture 4x64 soft routing": {"components.user": 4, "components.item": 1, "dim": 64, "routing": "soft"},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }

@@ -51,7 +51,7 @@ def exact_recall(model, vectors: np.ndarray, exclude: list[np.ndarray], truth: l
 
 
 def retrieval_recall(model, vectors, weights, exclude, truth, k: int = 20) -> float:
-    """Recall@k of round-robin retrieval (exact flat index) for arbitrary user vectors and weights."""
+    """Recall@k of served retrieval (today's default merge, exact flat index) for arbitrary user vectors and weights."""
     from mixrec.config import IndexConfig
     from mixrec.evaluate.metrics import ranking_metrics
     from mixrec.retrieve import Retriever
@@ -87,8 +87,11 @@ def cmd_foldin_gowalla(a) -> int:
     rng = np.random.default_rng(a.seed)
     hidden = np.sort(rng.choice(eligible, a.hidden, replace=False))
     others = np.sort(rng.choice(np.setdiff1d(eligible, hidden), a.hidden, replace=False))
-    cfg = Config().with_overrides({"components.user": a.components, "components.item": 1, "dim": a.dim,
-                                   "epochs": a.epochs, **parse_overrides(a.set)})
+    base = Config()
+    a.components = a.components or base.components.get("user", 1)
+    a.dim = a.dim or base.dim
+    cfg = base.with_overrides({"components.user": a.components, "components.item": 1, "dim": a.dim,
+                               "epochs": a.epochs, **parse_overrides(a.set)})
     t0 = time.perf_counter()
     full_dir, held_dir = work / "gowalla-full", work / "gowalla-heldout"
     full = MixtureModel.load(full_dir) if (full_dir / "model.json").is_file() else \
@@ -149,7 +152,7 @@ def cmd_synthetic(a) -> int:
     from mixrec.serve.state import Snapshot
     out_dir = Path(a.work) / "synthetic"
     rng = np.random.default_rng(0)
-    dim, cs = a.dim, a.components
+    dim, cs = a.dim or Config().dim, a.components or Config().components.get("user", 1)
     if not (out_dir / "model.json").is_file():
         centers = rng.standard_normal((a.clusters, dim)).astype(np.float32)
         centers /= np.linalg.norm(centers, axis=1, keepdims=True)
@@ -437,8 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("foldin-gowalla")
     g.add_argument("--work", default="runs/serve")
     g.add_argument("--hidden", type=int, default=1000)
-    g.add_argument("--components", type=int, default=5)
-    g.add_argument("--dim", type=int, default=32)
+    g.add_argument("--components", type=int, default=None, help="user components (default: today's default)")
+    g.add_argument("--dim", type=int, default=None, help="dimension (default: today's default)")
     g.add_argument("--epochs", type=int, default=20)
     g.add_argument("--variants", nargs="+", default=["kmeans:0", "kmeans:10", "kmeans:30", "kmeans:100",
                                                      "random:100", "random:300"], help="INIT:STEPS fold-in settings")
@@ -446,8 +449,9 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (e.g. loss=margin)")
     s = sub.add_parser("synthetic")
     s.add_argument("--work", default="runs/serve")
-    for name, default in (("items", 1_000_000), ("users", 20_000), ("clusters", 2000), ("components", 5),
-                          ("dim", 64), ("hnsw-m", 32), ("ef-construction", 100), ("ef-search", 128),
+    s.add_argument("--components", type=int, default=None, help="user components (default: today's default)")
+    s.add_argument("--dim", type=int, default=None, help="dimension (default: today's default)")
+    for name, default in (("items", 1_000_000), ("users", 20_000), ("clusters", 2000), ("hnsw-m", 32), ("ef-construction", 100), ("ef-search", 128),
                           ("eval-users", 200), ("latency-users", 200)):
         s.add_argument(f"--{name}", type=int, default=default)
     s.add_argument("--spread", type=float, default=0.6, help="noise around cluster centres (per unit norm)")

@@ -76,6 +76,38 @@ def _top_per_row(b: int, k: int, rows: np.ndarray, items: np.ndarray, scores: np
     return out
 
 
+def rank_fusion(lists: Sequence[np.ndarray], weights: Sequence[float], k: int, offset: float = 0.0) -> Candidates:
+    """Weighted reciprocal-rank fusion of ranked lists from several sources (models, filters).
+
+    ``lists[i]`` (B, K_i) holds source i's items per row, best first, -1 padding. An item at 1-based rank r
+    of list i adds ``weights[i] / (offset + r)``; a row ranks its items by the sum over the lists that hold
+    it (ties: lower item id). ``components`` names the list whose term was largest (ties: the first list).
+    ``offset`` 0 rewards the head of every list; the usual RRF constant is 60.
+    """
+    if len(lists) != len(weights) or not lists:
+        raise ValueError(f"rank_fusion needs one weight per list: {len(lists)} lists, {len(weights)} weights")
+    b = lists[0].shape[0]
+    if any(x.shape[0] != b for x in lists):
+        raise ValueError(f"every list needs the same rows: {[x.shape[0] for x in lists]}")
+    rows, items, terms, src = [], [], [], []
+    for i, (ids, w) in enumerate(zip(lists, weights)):
+        r, c = np.nonzero(ids >= 0)
+        rows.append(r.astype(np.int64))
+        items.append(ids[r, c].astype(np.int64))
+        terms.append(float(w) / (offset + c + 1.0))
+        src.append(np.full(len(r), i, np.int64))
+    rows, items, terms, src = (np.concatenate(x) for x in (rows, items, terms, src))
+    n = int(items.max()) + 1 if len(items) else 1
+    key, inv = np.unique(rows * n + items, return_inverse=True)
+    inv = inv.reshape(-1)
+    total = np.bincount(inv, weights=terms, minlength=len(key))
+    best = np.lexsort((src, -terms, inv))  # per key: the largest term first, then the first list
+    first = best[np.searchsorted(inv[best], np.arange(len(key)))]
+    urow, uitem = key // n, key % n
+    order = np.lexsort((uitem, -total, urow))
+    return _top_per_row(b, k, urow[order], uitem[order], total[order].astype(np.float32), src[first][order])
+
+
 def rescore_merge(queries: np.ndarray, w_src: np.ndarray, ids: np.ndarray, target_vectors: np.ndarray, k: int,
                   exclude: tuple[np.ndarray, np.ndarray] | None = None, *, pooling: str = "smoothmax",
                   gamma: float = 0.1, theta: float = 0.1, theta_form: str = "mean", chunk: int = 65536) -> Candidates:

@@ -174,8 +174,10 @@ _register("walk", Operation(
     _walk, limits=_walk_limits, cost=lambda a, n: (a["walkers"] * a["max_steps"] + n, a["k"])))
 _register("union", Operation(
     {"queries": (None, None), "weights": (_floats, None), "quotas": (_optional_ints, None),
-     "k": (_int(1, MAX_K, optional=True), None)},
-    lambda f, a, cs, user, sub: blend([cs, *(sub(q) for q in a["queries"])], a["weights"], a["quotas"], a["k"]),
+     "k": (_int(1, MAX_K, optional=True), None), "combine": (_choice("max", "sum"), "max"),
+     "offset": (_float(0.0, 1e6), 0.0)},
+    lambda f, a, cs, user, sub: blend([cs, *(sub(q) for q in a["queries"])], a["weights"], a["quotas"], a["k"],
+                                      a["combine"], a["offset"]),
     finish=finish_union, cost=_union_cost))
 _register("filter", Operation(
     {"exclude_seen": (_seen, False), "exclude_items": (_item_ids, []),

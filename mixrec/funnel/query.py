@@ -187,8 +187,12 @@ class Query:
         return self.add("walk", k=k, **kw)
 
     def union(self, *queries: "Query", weights: Sequence[float] | None = None,
-              quotas: Sequence[int | None] | None = None, k: int | None = None) -> "Query":
-        return self.add("union", queries=list(queries), weights=weights, quotas=quotas, k=k)
+              quotas: Sequence[int | None] | None = None, k: int | None = None, combine: str = "max",
+              offset: float = 0.0) -> "Query":
+        """Add the candidates of ``queries``: reciprocal-rank scores ``weight / (offset + rank)`` per input,
+        an item's best one (``combine="max"``, an interleave) or their sum (``"sum"``, rank fusion)."""
+        return self.add("union", queries=list(queries), weights=weights, quotas=quotas, k=k, combine=combine,
+                        offset=offset)
 
     def filter(self, exclude_seen: bool | list[str] = False, exclude_items: Sequence = (),
                min_score: float | None = None) -> "Query":

@@ -82,10 +82,11 @@ class CandidateSet:
 _FIELDS = ("items", "scores", "source", "seed", "component", "via", "seed_type")
 
 
-def dedup(cs: CandidateSet) -> CandidateSet:
+def dedup(cs: CandidateSet, combine: str = "max") -> CandidateSet:
     """One row per item: the highest-scoring occurrence (ties: earliest row) with ``via`` OR-ed over all.
 
-    The result is sorted by score descending.
+    ``combine="sum"`` scores the row with the sum of its item's occurrences instead of the best one (seed
+    and component stay the best occurrence's). The result is sorted by score descending.
     """
     if len(cs) == 0:
         return cs
@@ -94,17 +95,23 @@ def dedup(cs: CandidateSet) -> CandidateSet:
     starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
     out = cs.take(order[starts])
     out.via = np.bitwise_or.reduceat(cs.via[order], starts)
+    if combine == "sum":
+        out.scores = np.add.reduceat(cs.scores[order].astype(np.float64), starts).astype(out.scores.dtype)
+    elif combine != "max":
+        raise ValueError(f"combine must be 'max' or 'sum', got {combine!r}")
     return out.sorted()
 
 
 def blend(sets: Sequence[CandidateSet], weights: Sequence[float], quotas: Sequence[int | None],
-          k: int | None = None) -> CandidateSet:
+          k: int | None = None, combine: str = "max", offset: float = 0.0) -> CandidateSet:
     """Weighted blend of several inputs with per-input quotas, de-duplicated with provenance.
 
     Each input is sorted by its own score and cut to its quota (None: no cut) *before* merging; an
-    occurrence at 1-based rank r of input i scores ``weights[i] / r`` (reciprocal rank, so inputs on
-    different score scales mix fairly); duplicates keep their best-scoring occurrence and the union
-    of ``via``. The merged list is sorted and cut to ``k``.
+    occurrence at 1-based rank r of input i scores ``weights[i] / (offset + r)`` (reciprocal rank, so
+    inputs on different score scales mix fairly). Duplicates keep their best-scoring occurrence
+    (``combine="max"``: an interleave of the inputs) or the sum of their occurrences (``"sum"``:
+    reciprocal-rank fusion, :func:`mixrec.search.rank_fusion` for one row), and the union of ``via``.
+    The merged list is sorted and cut to ``k``.
     """
     if not (len(sets) == len(weights) == len(quotas)):
         raise ValueError(f"blend needs one weight and one quota per input: {len(sets)} inputs, "
@@ -112,8 +119,8 @@ def blend(sets: Sequence[CandidateSet], weights: Sequence[float], quotas: Sequen
     parts = []
     for cs, w, q in zip(sets, weights, quotas):
         s = cs.sorted() if q is None else cs.sorted().head(q)
-        parts.append(s.with_scores(float(w) / np.arange(1, len(s) + 1)))
-    out = dedup(CandidateSet.concat(parts))
+        parts.append(s.with_scores(float(w) / (offset + np.arange(1, len(s) + 1))))
+    out = dedup(CandidateSet.concat(parts), combine)
     return out if k is None else out.head(k)
 
 
