@@ -45,7 +45,7 @@ GRIDS = {
                      "stage_bonus": [-0.5, 0.0], "conv_exp": [0.5], "smoothing": [10.0]}),
 }
 ANCHORS = {"gowalla": ("ChebyCF", 0.1941, "recall@20"), "tmall_mb": ("CascadingRank", 0.3324, "hit_rate@10"),
-           "ml1m": (None, None, "recall@20")}
+           "ml1m": (None, None, "recall@20"), "yelp_cat": (None, None, "recall@20")}
 TARGETS = {"gowalla": 0.200, "tmall_mb": 0.34}
 
 

@@ -46,6 +46,8 @@ DATASETS = {
                 "target": None, "exclude": "all"},
     "tmall_mb": {"file": "tmall_mb/interactions.tsv.gz", "labels": None, "k": 10, "ks": [10, 20, 50, 100],
                  "target": "buy", "relation_col": "behavior", "exclude": "relation"},
+    "yelp_cat": {"file": "yelp_cat/interactions.tsv.gz", "labels": ("yelp_cat/item_categories.tsv.gz", "category_id"),
+                 "k": 20, "ks": [10, 20, 50, 100], "target": None, "exclude": "all"},
 }
 MODELS = {
     "single 1x64": {"components.user": 1, "components.item": 1, "dim": 64},

@@ -1,0 +1,116 @@
+"""Rank fusion of a closed-form graph filter and a trained mixrec model: tuned on validation, tested on all users.
+
+    python bench/fusion.py --dataset gowalla --model runs/quality/gowalla/model-single_1x128 \\
+        --kind chebyshev --params '{"order": 8, "rank": 512, "alpha": 0.2, "cutoff": 0.9, "flatness": 1.5, "beta": 0.4}'
+
+The two sources rank every item for a user; ``mixrec.search.rank_fusion`` adds ``w / (offset + rank)`` over
+the lists that hold an item (the filter weighs 1, the model ``w``; the funnel's ``union(combine="sum")``
+for one user). Protocol as bench/filters.py: the grid of (w, offset) is scored on the validation split
+(the filter fitted on the fit split, the model of the epoch-selection run ``MODEL-select``, which trained
+on that split, 3,000 seeded users); the chosen point is then scored once on the test split with the filter
+refitted on train + valid and the refit model, ALL test users, training items excluded (bench/quality.py's
+Bench). Prints each source alone and the fusion, and the fusion's ratio to the better source.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from filters import ANCHORS, relations_of, validation  # noqa: E402
+from quality import DATASETS, Bench  # noqa: E402
+
+from mixrec.evaluate.exact import exact_topk  # noqa: E402
+from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics  # noqa: E402
+from mixrec.filters import make_filter  # noqa: E402
+from mixrec.model.mixture import MixtureModel  # noqa: E402
+from mixrec.search import rank_fusion  # noqa: E402
+
+WEIGHTS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
+OFFSETS = [0.0, 10.0, 30.0, 60.0]
+
+
+def source_lists(b: Bench, kind: str, params: dict, model: MixtureModel, fit_data, users: np.ndarray,
+                 depth: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Top ``depth`` items per user of the filter fitted on ``fit_data`` and of ``model``, training items excluded."""
+    t0 = time.perf_counter()
+    filt = make_filter(kind, **params).fit(fit_data, relations=relations_of(b, kind), target=b.target)
+    t1 = time.perf_counter()
+    f_top, _ = filt.recommend(users, k=depth)
+    t2 = time.perf_counter()
+    rels = [b.target] if b.spec["exclude"] == "relation" else None
+    seen = fit_data.split("train", relations=rels)
+    m_top, _ = exact_topk(model, users, depth, csr_from_pairs(seen.src, seen.dst, b.n_users))
+    t3 = time.perf_counter()
+    return f_top, m_top, {"filter_fit_s": t1 - t0, "filter_score_s": t2 - t1, "model_score_s": t3 - t2}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", default="gowalla", choices=list(DATASETS))
+    p.add_argument("--model", required=True, help="a model directory written by bench/quality.py (refit)")
+    p.add_argument("--kind", default="chebyshev")
+    p.add_argument("--params", default="{}", help="the filter's parameters as JSON (bench/filters.py's choice)")
+    p.add_argument("--depth", type=int, default=100, help="list length per source before fusion")
+    p.add_argument("--weights", type=float, nargs="+", default=WEIGHTS, help="model weights to try (filter: 1)")
+    p.add_argument("--offsets", type=float, nargs="+", default=OFFSETS)
+    p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
+    p.add_argument("--rows", default=None, help="write the figures as JSON")
+    a = p.parse_args(argv)
+    params = json.loads(a.params)
+    b = Bench(a.dataset, Path(a.work))
+    k = b.spec["k"]
+    metric = ANCHORS[a.dataset][2].split("@")[0] + f"@{k}"
+    model_dir = Path(a.model)
+    select = model_dir.with_name(model_dir.name + "-select")
+    if not select.is_dir():
+        raise SystemExit(f"{select} is missing: validation needs the model that trained without the valid edges "
+                         f"(bench/quality.py writes MODEL-select for datasets that ship a valid split, e.g. gowalla)")
+    fit_data, vusers, vtruth = validation(b)
+    print(f"{a.dataset}: {len(vusers):,} validation users, {len(b.users):,} test users; {a.kind} {params}; "
+          f"model {model_dir.name}", flush=True)
+    f_top, m_top, t_val = source_lists(b, a.kind, params, MixtureModel.load(select),
+                                       fit_data, vusers, a.depth)
+
+    def val(top):
+        return ranking_metrics(top, vtruth[0], vtruth[1], [k])[metric]
+    trials = [{"w": None, "offset": None, "source": "filter", "valid": val(f_top)},
+              {"w": None, "offset": None, "source": "model", "valid": val(m_top)}]
+    for w in a.weights:
+        for off in a.offsets:
+            trials.append({"w": w, "offset": off, "source": "fusion",
+                           "valid": val(rank_fusion([f_top, m_top], [1.0, w], k, off).items)})
+    for t in trials:
+        print(f"  valid {t['source']:<7} w={t['w']} offset={t['offset']}: {metric}={t['valid']:.4f}", flush=True)
+    best = max((t for t in trials if t["source"] == "fusion"), key=lambda t: t["valid"])
+    print(f"chosen: w={best['w']} offset={best['offset']} (valid {best['valid']:.4f})", flush=True)
+
+    f_top, m_top, t_test = source_lists(b, a.kind, params, MixtureModel.load(model_dir), b.eval_data, b.users,
+                                        a.depth)
+    fused = rank_fusion([f_top, m_top], [1.0, best["w"]], max(b.spec["ks"]), best["offset"]).items
+    rows = {name: b.score_topk(top, f"fusion-{name}") for name, top in
+            (("filter", f_top), ("model", m_top), ("fusion", fused))}
+    anchor, value = ANCHORS[a.dataset][0], ANCHORS[a.dataset][1]
+    for name, m in rows.items():
+        extra = f"  {m[metric] / value:.3f}x {anchor}" if anchor else ""
+        print(f"  test {name:<7} {metric}={m[metric]:.4f} ndcg@{k}={m[f'ndcg@{k}']:.4f}{extra}")
+    better = max(rows["filter"][metric], rows["model"][metric])
+    print(f"fusion / better source: {rows['fusion'][metric] / better:.3f}x; timings valid {t_val}, test {t_test}")
+    if a.rows:
+        Path(a.rows).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.rows).write_text(json.dumps({"dataset": a.dataset, "kind": a.kind, "params": params,
+                                            "model": str(model_dir), "trials": trials, "chosen": best,
+                                            "test": rows, "timings": {"valid": t_val, "test": t_test}}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
