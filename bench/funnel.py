@@ -63,7 +63,7 @@ def candidate_query(spec: dict) -> Query:
 def queries(spec: dict) -> dict[str, Query]:
     excl = spec["exclude"]
     return {
-        "retrieval (mixture round-robin)": Query.source().mixture(k=25, exclude_seen=excl).filter(exclude_seen=excl),
+        "retrieval (model alone)": Query.source().mixture(k=25, exclude_seen=excl).filter(exclude_seen=excl),
         "retrieval + ranking": Query.source().mixture(k=300, exclude_seen=excl).filter(exclude_seen=excl)
         .rank(keep=[25], stages=["final"]),
         "full funnel (before diversity)": candidate_query(spec).rank(keep=[150, 50]),
@@ -90,8 +90,10 @@ def run_dataset(name: str, a, log) -> dict:
     if spec["labels"]:
         labels = load_item_labels(DATA / spec["labels"], data.ids["item"], label_col="genres")
     fdata, hold, label_edges = split_dataset(data, a.seed)
-    cfg = Config().with_overrides({"components.user": a.components, "components.item": 1, "dim": a.dim,
-                                   "epochs": a.epochs, "seed": a.seed, **dict(kv.split("=", 1) for kv in a.set)})
+    base = Config()
+    cfg = base.with_overrides({"components.user": a.components or base.components.get("user", 1),
+                               "components.item": 1, "dim": a.dim or base.dim,
+                               "epochs": a.epochs, "seed": a.seed, **dict(kv.split("=", 1) for kv in a.set)})
     t1 = time.perf_counter()
     model = train(fdata, cfg, None, progress=False)
     times = {"train_model_s": time.perf_counter() - t1}
@@ -245,8 +247,8 @@ def main(argv=None) -> int:
     p.add_argument("--train-users", type=int, default=1500)
     p.add_argument("--valid-users", type=int, default=500)
     p.add_argument("--epochs", type=int, default=5, help="mixture-model epochs")
-    p.add_argument("--components", type=int, default=4)
-    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--components", type=int, default=None, help="user components (default: today's default)")
+    p.add_argument("--dim", type=int, default=None, help="dimension (default: today's default)")
     p.add_argument("--ranker-epochs", type=int, default=3)
     p.add_argument("--distill-epochs", type=int, default=10)
     p.add_argument("--trials", type=int, default=30)
@@ -261,6 +263,10 @@ def main(argv=None) -> int:
     log = lambda s: print(f"[{time.perf_counter() - t0:7.0f}s] {s}", flush=True)  # noqa: E731
     if a.merge:
         results = [r for f in a.merge for r in json.loads(Path(f).read_text())]
+        for r in results:  # runs before the label said what it is (the model's served merge, any components)
+            for row in r["rows"]:
+                if row["method"] == "retrieval (mixture round-robin)":
+                    row["method"] = "retrieval (model alone)"
         seconds = max(r["seconds"] for r in results)
     else:
         results = [run_dataset(n, a, log) for n in a.datasets if (DATA / DATASETS[n]["file"]).is_file()]
