@@ -6,10 +6,11 @@ users with at least 3 training visits one random training visit moves to a 'vali
 early stopping (default patience 3, at most ``--epochs``) picks the epoch on validation, never on test. The
 category relation holds every (business, category) pair of the kept businesses, all in training. Both models
 are trained from the same files (the visits-only schema drops the category relation), so they rank the same
-businesses. Business Recall@20 is mixrec.evaluate on relation visit (exact full ranking and the round-robin
-retrieval, the user's training businesses excluded); label_coverage@50 is the share of the categories whose
-label appears in a user's top 50 businesses (mixrec.evaluate.diversity), printed also as the mean number of
-distinct categories. Popularity ranks businesses by training visits, the user's training businesses excluded.
+businesses. Business Recall@20 is mixrec.evaluate on relation visit (exact full ranking and the served
+retrieval, lists merged by the model's index.merge; the user's training businesses excluded);
+label_coverage@50 is the share of the categories whose label appears in a user's top 50 businesses
+(mixrec.evaluate.diversity), printed also as the mean number of distinct categories. Popularity ranks
+businesses by training visits, the user's training businesses excluded.
 """
 from __future__ import annotations
 

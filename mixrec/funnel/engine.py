@@ -154,12 +154,13 @@ class Funnel:
 
     # ----------------------------------------------------------------- retrieval primitives
     def recommend(self, user: int, k: int, weight_set: str = "all", exclude_seen=True) -> CandidateSet:
-        """Round-robin mixture retrieval for one user (``exclude_seen``: bool or relation names)."""
+        """Mixture retrieval for one user, lists merged by the model's ``index.merge`` (``exclude_seen``: bool or
+        relation names)."""
         return from_candidates(self.searcher.recommend([user], k, weight_set, exclude_seen), 0, "mixture")
 
     def two_hop(self, user: int, via: str, relation: str, k_via: int, per_via: int, k: int,
                 weight_set: str = "all", exclude_seen: bool = False) -> CandidateSet:
-        """The user's top ``k_via`` nodes of type ``via`` (round-robin retrieval), then up to ``per_via`` of each
+        """The user's top ``k_via`` nodes of type ``via`` (the served retrieval), then up to ``per_via`` of each
         one's latest ``relation`` destinations in the model's training edges (see :func:`two_hop_source`)."""
         searcher = self._cached(("via", via), lambda: self.searchers(self.source_type, via))
         mid = from_candidates(searcher.recommend([user], k_via, weight_set, exclude_seen), 0, "two_hop")
