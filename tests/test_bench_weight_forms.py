@@ -30,3 +30,17 @@ def test_reweighted_reproduces_and_follows_eq5(planted, tmp_path):
     assert not np.allclose(hot.mixture_weights("user"), stored, atol=1e-3)
     assert hot.config.weight_sets["all"].form == "responsibility"
     assert isinstance(hot.tables["user"], torch.Tensor)
+
+
+def test_pruned_zeroes_small_components_like_the_trained_prune(planted, tmp_path):
+    from weight_forms import pruned
+    ds, _ = planted
+    model = train(ds, small_config(1), tmp_path / "m", progress=False)
+    w = model.mixture_weights("user")
+    cut = float(np.quantile(w, 0.3))
+    got = pruned(MixtureModel.load(tmp_path / "m"), cut, 1.0).mixture_weights("user")
+    small = w < cut
+    keep_any = (~small).any(axis=1)
+    assert (got[small & keep_any[:, None]] == 0).all()  # every small component of a user with a kept one is gone
+    renorm = np.where(small, 0, w)[keep_any]
+    np.testing.assert_allclose(got[keep_any], renorm / renorm.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
