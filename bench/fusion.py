@@ -14,6 +14,7 @@ Bench). Prints each source alone and the fusion, and the fusion's ratio to the b
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -38,19 +39,39 @@ WEIGHTS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0]
 OFFSETS = [0.0, 10.0, 30.0, 60.0]
 
 
-def source_lists(b: Bench, kind: str, params: dict, model: MixtureModel, fit_data, users: np.ndarray,
-                 depth: int) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Top ``depth`` items per user of the filter fitted on ``fit_data`` and of ``model``, training items excluded."""
+def filter_lists(b: Bench, kind: str, params: dict, fit_data, users: np.ndarray, depth: int,
+                 cache: Path | None) -> tuple[np.ndarray, dict]:
+    """Top ``depth`` items per user of the filter fitted on ``fit_data``; read from ``cache`` when it holds them.
+
+    The filter is deterministic (closed form, seeded SVD), so its lists depend only on the data, the users,
+    the parameters and the depth: the cache file is named by a digest of those.
+    """
+    key = hashlib.sha256(json.dumps([b.name, kind, params, depth, int(len(fit_data.split("train").src)),
+                                     users.tolist()], sort_keys=True).encode()).hexdigest()[:16]
+    path = None if cache is None else cache / f"{b.name}-{kind}-{key}.npy"
+    if path is not None and path.is_file():
+        return np.load(path, allow_pickle=False), {"filter_cached": str(path)}
     t0 = time.perf_counter()
     filt = make_filter(kind, **params).fit(fit_data, relations=relations_of(b, kind), target=b.target)
     t1 = time.perf_counter()
-    f_top, _ = filt.recommend(users, k=depth)
+    top, _ = filt.recommend(users, k=depth)
+    t2 = time.perf_counter()
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, top)
+    return top, {"filter_fit_s": t1 - t0, "filter_score_s": t2 - t1}
+
+
+def source_lists(b: Bench, kind: str, params: dict, model: MixtureModel, fit_data, users: np.ndarray,
+                 depth: int, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Top ``depth`` items per user of the filter fitted on ``fit_data`` and of ``model``, training items excluded."""
+    f_top, times = filter_lists(b, kind, params, fit_data, users, depth, cache)
     t2 = time.perf_counter()
     rels = [b.target] if b.spec["exclude"] == "relation" else None
     seen = fit_data.split("train", relations=rels)
     m_top, _ = exact_topk(model, users, depth, csr_from_pairs(seen.src, seen.dst, b.n_users))
     t3 = time.perf_counter()
-    return f_top, m_top, {"filter_fit_s": t1 - t0, "filter_score_s": t2 - t1, "model_score_s": t3 - t2}
+    return f_top, m_top, {**times, "model_score_s": t3 - t2}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", type=float, nargs="+", default=WEIGHTS, help="model weights to try (filter: 1)")
     p.add_argument("--offsets", type=float, nargs="+", default=OFFSETS)
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
+    p.add_argument("--cache", default=str(ROOT / "runs" / "fusion-cache"),
+                   help="folder for the filter's lists (reused by runs with another model); '' for none")
     p.add_argument("--rows", default=None, help="write the figures as JSON")
     a = p.parse_args(argv)
     params = json.loads(a.params)
@@ -77,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     fit_data, vusers, vtruth = validation(b)
     print(f"{a.dataset}: {len(vusers):,} validation users, {len(b.users):,} test users; {a.kind} {params}; "
           f"model {model_dir.name}", flush=True)
-    f_top, m_top, t_val = source_lists(b, a.kind, params, MixtureModel.load(select),
-                                       fit_data, vusers, a.depth)
+    cache = Path(a.cache) if a.cache else None
+    f_top, m_top, t_val = source_lists(b, a.kind, params, MixtureModel.load(select), fit_data, vusers, a.depth, cache)
 
     def val(top):
         return ranking_metrics(top, vtruth[0], vtruth[1], [k])[metric]
@@ -94,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chosen: w={best['w']} offset={best['offset']} (valid {best['valid']:.4f})", flush=True)
 
     f_top, m_top, t_test = source_lists(b, a.kind, params, MixtureModel.load(model_dir), b.eval_data, b.users,
-                                        a.depth)
+                                        a.depth, cache)
     fused = rank_fusion([f_top, m_top], [1.0, best["w"]], max(b.spec["ks"]), best["offset"]).items
     rows = {name: b.score_topk(top, f"fusion-{name}") for name, top in
             (("filter", f_top), ("model", m_top), ("fusion", fused))}
