@@ -91,6 +91,9 @@ def run_stack(stack: str, model: Path, users: int, a) -> list[dict]:
         _wait_ready(url, proc)
         with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
             fh.write(LUA % {"seed": a.seed, "users": users, "k": a.k})
+        if a.warmup > 0:  # every worker process answers its first requests (page faults, lazy caches) unmeasured
+            subprocess.run(["wrk", "-t", str(a.wrk_threads), "-c", str(max(a.concurrency)), "-d", f"{a.warmup}s",
+                            "-s", fh.name, url], capture_output=True, text=True, check=True)
         for c in a.concurrency:
             out = subprocess.run(["wrk", "-t", str(min(c, a.wrk_threads)), "-c", str(c), "-d", f"{a.duration}s",
                                   "--latency", "-s", fh.name, url], capture_output=True, text=True, check=True)
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=None, help="dimension of a model built here (default: today's)")
     p.add_argument("--duration", type=int, default=10, help="seconds per concurrency")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    p.add_argument("--warmup", type=int, default=3, help="seconds of unmeasured load before the first row")
     p.add_argument("--stacks", nargs="+", default=["default", "pure"], choices=["default", "pure"])
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--wrk-threads", type=int, default=2)
