@@ -40,21 +40,27 @@ def model_codes(data: Dataset, model) -> np.ndarray:
 
 
 def folded_users(model, users: np.ndarray, src: np.ndarray, dst: np.ndarray, rel: np.ndarray,
-                 steps: int = FOLDIN_STEPS):
+                 steps: int = FOLDIN_STEPS, batch: int = 64):
     """A copy of ``model`` whose ``users`` are folded in afresh from the edges (src, dst, model relation codes)
-    given, every other vector shared: their vectors and mixture weights then know nothing else."""
+    given, ``batch`` users at a time, every other vector shared: their vectors and mixture weights then know
+    nothing else."""
     order = np.argsort(src, kind="stable")
     lo, hi = np.searchsorted(src[order], users), np.searchsorted(src[order], users, side="right")
-    f = fold_in_model(model, [dst[order][a:b] for a, b in zip(lo, hi)], [rel[order][a:b] for a, b in zip(lo, hi)],
-                      source_type=model.source_type, settings=FoldInSettings(steps=steps))
+    vectors, mix = [], []
+    for b in range(0, len(users), batch):
+        part = range(b, min(b + batch, len(users)))
+        f = fold_in_model(model, [dst[order][lo[i]:hi[i]] for i in part], [rel[order][lo[i]:hi[i]] for i in part],
+                          source_type=model.source_type, settings=FoldInSettings(steps=steps))
+        vectors.append(f.vectors)
+        mix.append(f.weights)
     s_type = model.source_type
     table = model.tables[s_type].clone()
-    table[torch.as_tensor(users)] = torch.as_tensor(f.vectors, dtype=table.dtype)
+    table[torch.as_tensor(users)] = torch.as_tensor(np.concatenate(vectors), dtype=table.dtype)
     weights = {name: dict(per_type) for name, per_type in model.weights.items()}
     for per_type in weights.values():
         if s_type in per_type:
             per_type[s_type] = per_type[s_type].copy()
-            per_type[s_type][users] = f.weights
+            per_type[s_type][users] = np.concatenate(mix)
     return dataclasses.replace(model, tables={**model.tables, s_type: table}, weights=weights)
 
 
@@ -114,13 +120,14 @@ def table_off(filt: FilterModel, off: bool = True):
 
 def timed_runs(funnel: Funnel, filt: FilterModel, queries: dict[str, Query], users: np.ndarray, width: int
                ) -> tuple[dict[str, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Seconds per user of each query with the filter's table and without it, one user at a time, every
-    variant of a user in rotating order; and each query's candidates (items, via, scores), padded to ``width``.
-
-    Raises if the table changes any user's candidates or scores.
+    """Seconds per user of each query with the filter's table and without it (``"<query> table|computed
+    wall|cpu"``: elapsed, and this thread's CPU time, which a busy machine does not inflate), one user at a
+    time, every variant of a user in rotating order; and each query's candidates (items, via, scores), padded
+    to ``width``. Raises if the table changes any user's candidates or scores.
     """
     variants = [(q, off) for q in queries for off in (False, True)]
-    lat = {f"{q} {'computed' if off else 'table'}": np.zeros(len(users)) for q, off in variants}
+    name = lambda q, off, clock: f"{q} {'computed' if off else 'table'} {clock}"  # noqa: E731
+    lat = {name(q, off, c): np.zeros(len(users)) for q, off in variants for c in ("wall", "cpu")}
     out = {q: (np.full((len(users), width), -1, np.int64), np.zeros((len(users), width), np.int64),
                np.full((len(users), width), -np.inf)) for q in queries}
     for q, off in variants:  # warm: seen, history, popularity and feature tables
@@ -131,9 +138,10 @@ def timed_runs(funnel: Funnel, filt: FilterModel, queries: dict[str, Query], use
         shift = j % len(variants)
         for q, off in variants[shift:] + variants[:shift]:
             with table_off(filt, off):
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.thread_time()
                 got[q, off] = funnel.run(queries[q], int(u), validate=False).candidates
-                lat[f"{q} {'computed' if off else 'table'}"][j] = time.perf_counter() - t
+                lat[name(q, off, "cpu")][j] = time.thread_time() - c
+                lat[name(q, off, "wall")][j] = time.perf_counter() - t
         for q in queries:
             a, b = got[q, False], got[q, True]
             if not (np.array_equal(a.items, b.items) and np.array_equal(a.scores, b.scores)):

@@ -146,6 +146,10 @@ def test_folded_users_are_folded_in_from_the_edges_given_and_nothing_else_change
     assert all(torch.equal(before[t], model.tables[t]) for t in before)  # the served model is untouched
     np.testing.assert_array_equal(np.delete(got.mixture_weights("user"), users, 0),
                                   np.delete(model.mixture_weights("user"), users, 0))
+    one = folded_users(model, users, tr.src, tr.dst, tr.rel, batch=1)  # one fold-in per user
+    for u, (h, r) in zip(users, hist):
+        want = fold_in_model(model, [h], [r], settings=FoldInSettings(steps=FOLDIN_STEPS))
+        np.testing.assert_allclose(one.vectors("user")[u].numpy(), want.vectors[0], rtol=1e-5, atol=1e-6)
 
 
 def test_ranker_orders_the_blend_and_the_table_changes_nothing(bench_blend, small_model):
@@ -164,7 +168,8 @@ def test_ranker_orders_the_blend_and_the_table_changes_nothing(bench_blend, smal
     queries = {"blend": q, "blend + ranker": q.rank(keep=[29], stages=["final"])}
     users = np.array([2, 7, 11])
     lat, lists = timed_runs(funnel, filt, queries, users, 29)
-    assert set(lat) == {f"{q} {t}" for q in queries for t in ("table", "computed")}
+    assert set(lat) == {f"{q} {t} {c}" for q in queries for t in ("table", "computed") for c in ("wall", "cpu")}
+    assert all((v > 0).all() for v in lat.values())
     for j, u in enumerate(users):
         blend = funnel.run(q, int(u)).candidates
         items, scores = lists["blend"][0][j], lists["blend"][2][j]
