@@ -167,6 +167,9 @@ def main() -> None:
                    help="no mixture: time the graph source alone on every route (see above)")
     a = p.parse_args()
     print("command: python bench/blend.py " + " ".join(sys.argv[1:]), flush=True)
+    if not a.graph_only and a.table_k < max(a.quotas):
+        raise SystemExit(f"--table-k {a.table_k}: the blend is timed with and without the table; give --table-k >= "
+                         f"{max(a.quotas)} (the graph quota)")
     if not (DATA / DATASETS[a.dataset]["file"]).is_file():
         print(f"skipping {a.dataset}: not found")
         return
@@ -188,9 +191,6 @@ def main() -> None:
         show_graph_only(a, filt, users, fit_s)
         return
     funnel = Funnel(model, filters={"default": filt}, rankers=rankers)
-    if filt.table is None:
-        raise SystemExit("--table-k 0: the blend is timed with and without the table; give --table-k >= "
-                         f"{max(a.quotas)}")
     lat, lists = timed_runs(funnel, filt, queries, users, width)
     report(a, b, filt, users, lists, lat, {"train_s": train_s, "fit_s": fit_s, "table_s": table_s})
 
