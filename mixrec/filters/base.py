@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -10,9 +11,11 @@ import scipy.sparse as sp
 
 from mixrec.data.dataset import Dataset
 from mixrec.io import atomic_dir, save_json, sha256
+from mixrec.progress import progress_bar
 
 FORMAT = 1
 ARRAYS = "arrays.npz"
+TABLE = "table.npz"
 
 
 def binary_matrix(src: np.ndarray, dst: np.ndarray, n_rows: int, n_cols: int) -> sp.csr_matrix:
@@ -123,7 +126,12 @@ def through_users(x: np.ndarray, rn: sp.csr_matrix, rn_t: sp.csr_matrix, share: 
 
 
 def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Best ``k`` columns per row (items, scores), best first; -inf entries become item -1."""
+    """Best ``k`` columns per row (items, scores), best first, equal scores by ascending column; -inf entries
+    become item -1.
+
+    Ties are broken by column, so the best ``k`` are the first ``k`` of the best ``k' >= k`` (a stored
+    top-k table answers every shorter request).
+    """
     k_eff = min(k, scores.shape[1])
     out_i = np.full((scores.shape[0], k), -1, dtype=np.int64)
     out_s = np.full((scores.shape[0], k), -np.inf, dtype=np.float32)
@@ -131,11 +139,38 @@ def topk_rows(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return out_i, out_s
     part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
     vals = np.take_along_axis(scores, part, 1)
-    order = np.argsort(-vals, axis=1, kind="stable")
+    kth = vals.min(axis=1, keepdims=True)  # the k-th best score of each row
+    split = np.count_nonzero(scores == kth, axis=1) > np.count_nonzero(vals == kth, axis=1)
+    if split.any():  # the cut falls inside a tie: keep its lowest columns, not argpartition's arbitrary ones
+        s, t = scores[split], kth[split]
+        above, tied = s > t, s == t
+        need = k_eff - np.count_nonzero(above, axis=1, keepdims=True)
+        keep = above | (tied & (np.cumsum(tied, axis=1) <= need))
+        part[split] = np.nonzero(keep)[1].reshape(-1, k_eff)
+        vals[split] = np.take_along_axis(s, part[split], 1)
+    order = np.lexsort((part, -vals), axis=1)
     idx, vals = np.take_along_axis(part, order, 1), np.take_along_axis(vals, order, 1)
     idx[~np.isfinite(vals)] = -1
     out_i[:, :k_eff], out_s[:, :k_eff] = idx, vals
     return out_i, out_s
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """Every training user's top ``k`` of the default request (the target relation's training items excluded),
+    best first, as :meth:`FilterModel.recommend` ranks them: row u holds user u, item -1 past its last
+    rankable item."""
+
+    items: np.ndarray  # (U, k) int32
+    scores: np.ndarray  # (U, k) float32
+
+    @property
+    def k(self) -> int:
+        return int(self.items.shape[1])
+
+    def rows(self, users: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``k <= self.k`` (items as int64, scores) of each of ``users``."""
+        return self.items[users, :k].astype(np.int64), self.scores[users, :k]
 
 
 class FilterModel:
@@ -143,6 +178,9 @@ class FilterModel:
 
     Subclasses define ``kind``, ``_fit(inputs)``, ``_apply(x)`` (dense (B, I) history -> (B, I) scores)
     and the arrays they save. ``inputs`` maps each input relation to its binary user x item CSR.
+
+    With a :class:`UserTable` (``fit(..., table_k=K)`` or :meth:`build_table`), :meth:`recommend` of training
+    users with their seen target items excluded and ``k <= K`` is a lookup; everything else is scored.
     """
 
     kind = "base"
@@ -153,12 +191,19 @@ class FilterModel:
         self.target: str = ""
         self.ids: dict[str, np.ndarray] = {}
         self.history: dict[str, sp.csr_matrix] = {}  # relation -> user x item binary training rows
+        self.table: UserTable | None = None
         self.path: Path | None = None
 
     # ------------------------------------------------------------------ fitting
     def fit(self, dataset: Dataset | str | Path, relations: Sequence[str] | None = None,
-            target: str | None = None) -> "FilterModel":
-        """Fit on the train split of ``relations`` (default all); ``target`` (default the last) is what is ranked."""
+            target: str | None = None, table_k: int = 0, batch: int = 512,
+            progress: bool = False) -> "FilterModel":
+        """Fit on the train split of ``relations`` (default all); ``target`` (default the last) is what is ranked.
+
+        ``table_k`` > 0 also ranks every training user's top ``table_k`` (:meth:`build_table`).
+        """
+        if isinstance(table_k, bool) or not isinstance(table_k, (int, np.integer)) or table_k < 0:
+            raise ValueError(f"table_k must be an integer >= 0 (0: no per-user table), got {table_k!r}")
         data = dataset if isinstance(dataset, Dataset) else Dataset.load(dataset)
         self.relations = list(relations) if relations else [r.name for r in data.relations]
         self.target = target or self.relations[-1]
@@ -168,7 +213,24 @@ class FilterModel:
             e = data.split("train", relations=[r])
             self.history[r] = binary_matrix(e.src, e.dst, n_u, n_i)
         self._fit()
+        self.table = None
+        if table_k:
+            self.build_table(int(table_k), batch, progress)
         return self
+
+    def build_table(self, k: int, batch: int = 512, progress: bool = False) -> UserTable:
+        """Rank every training user's top ``k`` (seen target items excluded) in batches and keep it as the table."""
+        users = np.arange(self.n_users)
+        items = np.full((len(users), k), -1, dtype=np.int32)
+        scores = np.full((len(users), k), -np.inf, dtype=np.float32)
+        bar = progress_bar(total=len(users), unit="user", desc=f"top-{k} table", disable=not progress)
+        for lo in range(0, len(users), batch):
+            part = users[lo:lo + batch]
+            items[lo:lo + len(part)], scores[lo:lo + len(part)] = self._score_ranked(part, k, True, batch)
+            bar.update(len(part))
+        bar.close()
+        self.table = UserTable(items, scores)
+        return self.table
 
     def _fit(self) -> None:
         raise NotImplementedError
@@ -216,10 +278,19 @@ class FilterModel:
 
     def recommend(self, users: Sequence[int], k: int = 20, exclude_seen: bool = True,
                   batch: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` (items, scores) per training user, scored in batches; seen target items skipped if asked."""
+        """Top ``k`` (items, scores) per training user, scored in batches; seen target items skipped if asked.
+
+        Read from the table when there is one, ``exclude_seen`` holds and ``k <= table.k`` (the same answer).
+        """
         users = np.asarray(users, dtype=np.int64)
         if users.size and (users.min() < 0 or users.max() >= self.n_users):
             raise IndexError(f"user indices must lie in [0, {self.n_users})")
+        if exclude_seen and self.table is not None and k <= self.table.k:
+            return self.table.rows(users, k)
+        return self._score_ranked(users, k, exclude_seen, batch)
+
+    def _score_ranked(self, users: np.ndarray, k: int, exclude_seen: bool,
+                      batch: int) -> tuple[np.ndarray, np.ndarray]:
         return self._ranked(lambda lo, hi: self.score_users(users[lo:hi]), len(users), k,
                             (self.history[self.target], users) if exclude_seen else None, batch)
 
@@ -269,19 +340,26 @@ class FilterModel:
                 m.indices.astype(np.int32)
         with atomic_dir(path) as tmp:
             np.savez(tmp / ARRAYS, **arrays)
+            files = [ARRAYS]
+            if self.table is not None:
+                np.savez(tmp / TABLE, items=self.table.items, scores=self.table.scores)
+                files.append(TABLE)
             meta = {"format": FORMAT, "kind": self.kind, "params": self.params, "relations": self.relations,
                     "target": self.target, "history": list(self.history),
-                    "shape": [self.n_users, self.n_items], "checksums": {ARRAYS: sha256(tmp / ARRAYS)}}
+                    "shape": [self.n_users, self.n_items], "table_k": self.table.k if self.table else 0,
+                    "checksums": {f: sha256(tmp / f) for f in files}}
             save_json(tmp / "model.json", meta)
         self.path = path
         return path
 
     @classmethod
     def _load_into(cls, model: "FilterModel", path: Path, meta: dict, verify: bool) -> "FilterModel":
+        for name, digest in meta["checksums"].items() if verify else ():
+            f = path / name
+            if not f.is_file() or sha256(f) != digest:
+                raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
+                                 "refit or restore the model directory")
         f = path / ARRAYS
-        if verify and (not f.is_file() or sha256(f) != meta["checksums"][ARRAYS]):
-            raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
-                             "refit or restore the model directory")
         with np.load(f, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         model.relations, model.target = list(meta["relations"]), meta["target"]
@@ -291,6 +369,10 @@ class FilterModel:
             ptr, ind = arrays.pop(f"history_{r}_indptr"), arrays.pop(f"history_{r}_indices")
             model.history[r] = sp.csr_matrix((np.ones(len(ind), dtype=np.float32), ind, ptr), shape=(n_u, n_i))
         model._restore(arrays)
+        model.table = None
+        if meta.get("table_k", 0):
+            with np.load(path / TABLE, allow_pickle=False) as z:
+                model.table = UserTable(z["items"], z["scores"])
         model.path = path
         return model
 

@@ -25,6 +25,9 @@ def add_parser(sub) -> None:
     p.add_argument("--target", default=None, help="relation ranked (default the last of --relations)")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="hyper-parameter, e.g. alpha=0.3 rank=256 (repeatable; JSON values)")
+    p.add_argument("--table-k", type=int, default=0, metavar="K",
+                   help="also rank every training user's top K now (seen target items excluded) and save it: "
+                        "a request for a training user with k <= K is then a lookup (default 0: no table)")
     p.set_defaults(func=cmd_fit_filter)
 
 
@@ -36,10 +39,14 @@ def cmd_fit_filter(a) -> int:
         if not sep:
             raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
         params[name] = json.loads(value)
+    if a.table_k < 0:
+        raise SystemExit(f"--table-k {a.table_k}: expected K >= 0 (0: no per-user table)")
     t0 = time.perf_counter()
-    model = make_filter(a.kind, **params).fit(a.data, relations=a.relations, target=a.target)
+    model = make_filter(a.kind, **params).fit(a.data, relations=a.relations, target=a.target, table_k=a.table_k,
+                                              progress=True)
     model.save(a.out)
-    print(f"fitted {a.kind} in {time.perf_counter() - t0:.1f}s -> {a.out}")
+    table = f", top-{a.table_k} table of {model.n_users:,} users" if a.table_k else ""
+    print(f"fitted {a.kind}{table} in {time.perf_counter() - t0:.1f}s -> {a.out}")
     return 0
 
 

@@ -83,9 +83,10 @@ class FilterSnapshot:
         return sorted(self.model.tables)
 
     def describe(self) -> dict:
-        """The filter's kind, hyper-parameters, input relations and ranked relation."""
+        """The filter's kind, hyper-parameters, input relations, ranked relation and per-user table size (0: none)."""
         f = self.filter
-        return {"kind": f.kind, "params": dict(f.params), "relations": list(f.relations), "target": f.target}
+        return {"kind": f.kind, "params": dict(f.params), "relations": list(f.relations), "target": f.target,
+                "table_k": f.table.k if f.table is not None else 0}
 
     # ----------------------------------------------------------------- queries
     def weights(self, weight_set: str) -> None:
@@ -95,7 +96,7 @@ class FilterSnapshot:
                            "components, so its only weight set is 'all'")
 
     def recommend(self, users: np.ndarray, k: int, weight_set: str = "all", exclude_seen: bool = True) -> Candidates:
-        """Top ``k`` items for dense user indices (same result as ``FilterModel.recommend``)."""
+        """Top ``k`` items for dense user indices (``FilterModel.recommend``: its per-user table when it has one)."""
         self.weights(weight_set)
         return _candidates(*self.filter.recommend(users, k=k, exclude_seen=exclude_seen))
 

@@ -97,7 +97,8 @@ class ModelInfo(BaseModel):
     dim: Optional[int] = Field(description="null for a graph-filter model")
     index: Optional[str] = Field(description="null for a graph-filter model (every item is scored)")
     index_size: Optional[int] = Field(description="null for a graph-filter model")
-    filter: Optional[dict] = Field(None, description="a graph-filter model's kind, params, relations and target")
+    filter: Optional[dict] = Field(None, description="a graph-filter model's kind, params, relations, target "
+                                   "and per-user table size table_k (0: none)")
     weight_sets: list[str]
     relations: list[str]
     loaded_at: float
