@@ -318,6 +318,9 @@ def _add_serve(sub) -> None:
                    help="requests computed at once per worker (default: one per CPU); the others wait in the event loop")
     p.add_argument("--ranker", action="append", default=[], metavar="NAME=DIR",
                    help="a funnel ranker (saved by FunnelRanker.save) for POST /v1/query's rank steps (repeatable)")
+    p.add_argument("--filter", action="append", default=[], metavar="NAME=DIR",
+                   help="a graph-filter model (mixrec fit-filter) for POST /v1/query's graph(model=NAME) sources "
+                        "(repeatable)")
     p.add_argument("--workers", type=int, default=1,
                    help="server processes (each holds a copy of the model; reloads reach all of them)")
     p.add_argument("--max-k", type=int, default=1000)
@@ -346,6 +349,18 @@ def _rankers(specs: list[str]) -> dict[str, str]:
     return out
 
 
+def _filters(specs: list[str]) -> dict[str, str]:
+    out = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--filter {spec!r}: give NAME=DIR, e.g. --filter default=cascade/")
+        if not (Path(path) / "model.json").is_file():
+            raise ValueError(f"--filter {spec!r}: {path} has no model.json (fit one with mixrec fit-filter)")
+        out[name] = path
+    return out
+
+
 def cmd_serve(a) -> int:
     from pydantic import ValidationError
 
@@ -356,7 +371,7 @@ def cmd_serve(a) -> int:
                                  max_batch=a.max_batch, max_history=a.max_history, max_body_bytes=a.max_body_bytes,
                                  foldin_steps=a.foldin_steps, admin_token=a.admin_token,
                                  ef_search=a.ef_search, nprobe=a.nprobe, workers=a.workers,
-                                 threads=a.threads, rankers=_rankers(a.ranker),
+                                 threads=a.threads, rankers=_rankers(a.ranker), filters=_filters(a.filter),
                                  **{k: v for k, v in (("max_query_cost", a.max_query_cost),
                                                       ("query_timeout_s", a.query_timeout)) if v is not None})
     except ValidationError as e:
@@ -391,6 +406,9 @@ def _add_funnel(sub) -> None:
     p.add_argument("--user", action="append", help="raw user id (repeatable; default: the document's 'user')")
     p.add_argument("--ranker", action="append", metavar="[NAME=]DIR",
                    help="a trained funnel ranker directory (name 'default' unless given; repeatable)")
+    p.add_argument("--filter", action="append", metavar="[NAME=]DIR",
+                   help="a graph-filter model directory (mixrec fit-filter) for graph(model=NAME) sources (name "
+                        "'default' unless given; repeatable)")
     p.add_argument("--item-labels", default=None, help="TSV/CSV of item labels (for diversify by label)")
     p.add_argument("--label-col", default="genres")
     p.add_argument("--from", dest="from_type", default=None, help="entity type of the users (default: the first "

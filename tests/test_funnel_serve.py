@@ -100,3 +100,31 @@ def test_serve_loads_rankers_from_directories(model, ranker, tmp_path):
     assert r.status_code == 200, r.text
     want = Funnel(model, rankers={"default": ranker}).run(QUERY, 5).candidates
     assert [x["item"] for x in r.json()["items"]] == model.ids["item"][want.items].tolist()
+
+
+def test_graph_filter_sources_through_http_and_the_cli(model, planted, tmp_path):
+    """A blend of the model and a fitted graph filter (mixrec fit-filter directory) answers the same over
+    POST /v1/query (``--filter`` / ServeSettings.filters), from ``mixrec funnel --filter`` and in the library."""
+    import pyarrow.parquet as pq
+
+    from mixrec.cli import _filters, main
+    from mixrec.filters import load_filter, make_filter
+    ds, _ = planted
+    make_filter("linear").fit(ds).save(tmp_path / "lin")
+    q = Query.source().mixture(k=10).union(Query.source().graph(k=10), quotas=[10, 10], combine="sum", offset=1.0)
+    want = Funnel(model, filters={"default": load_filter(tmp_path / "lin")}).run(q, 5).candidates
+    assert "graph" in {s for r in range(len(want)) for s in want.sources_of(r)}
+    user = str(model.ids["user"][5])
+    app = create_app(ServeSettings(model_dir=str(model.path), max_k=50, filters=_filters([f"default={tmp_path / 'lin'}"])))
+    with TestClient(app, raise_server_exceptions=False) as c:
+        body = c.post("/v1/query", json={"user": user, "query": q.to_dict()}).json()
+        missing = c.post("/v1/query", json={"user": user, "query": Query.source().graph(k=5, model="other").to_dict()})
+    assert [x["item"] for x in body["items"]] == model.ids["item"][want.items].tolist()
+    assert missing.status_code == 422 and "other" in missing.text
+    (tmp_path / "q.json").write_text(q.to_json())
+    assert main(["funnel", str(model.path), "--query", str(tmp_path / "q.json"), "--user", user,
+                 "--filter", str(tmp_path / "lin"), "--out", str(tmp_path / "c.parquet")]) == 0
+    got = pq.read_table(tmp_path / "c.parquet").column("item").to_pylist()
+    assert got == [str(x) for x in model.ids["item"][want.items]]
+    with pytest.raises(ValueError, match="no model.json"):
+        _filters([f"default={tmp_path}"])

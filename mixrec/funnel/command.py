@@ -31,7 +31,10 @@ def run_command(a) -> int:
     if a.item_labels:
         labels = load_item_labels(a.item_labels, model.ids[target], label_col=a.label_col)
     rankers = {name: FunnelRanker.load(path) for name, path in (_named(r) for r in a.ranker or [])}
-    funnel = Funnel(model, history=history, labels=labels, rankers=rankers, source_type=source, target_type=target)
+    from mixrec.filters import load_filter
+    filters = {name: load_filter(path) for name, path in (_named(f) for f in a.filter or [])}
+    funnel = Funnel(model, history=history, labels=labels, rankers=rankers, filters=filters, source_type=source,
+                    target_type=target)
     raw_users = list(a.user or [])
     if query.user is not None and not raw_users:
         raw_users = [query.user]

@@ -143,6 +143,8 @@ def install_query_route(app: FastAPI) -> None:
     served snapshot) and load the rankers its settings name into ``app.state.funnel_rankers``."""
     holder, settings, metrics = app.state.holder, app.state.settings, app.state.metrics
     app.state.funnel_rankers = {name: FunnelRanker.load(d) for name, d in settings.rankers.items()}
+    from mixrec.filters import load_filter
+    app.state.funnel_filters = {name: load_filter(d) for name, d in settings.filters.items()}
     cache: dict = {}
     lock = threading.Lock()
     # query work has its own threads: the candidate routes keep all of the default pool
@@ -156,7 +158,8 @@ def install_query_route(app: FastAPI) -> None:
             if (source, target) not in cache["funnels"]:
                 cache["funnels"][source, target] = GuardedFunnel(
                     snapshot.model, searcher=snapshot.searcher_for(source, target), rankers=app.state.funnel_rankers,
-                    source_type=source, target_type=target, searchers=snapshot.searcher_for)
+                    filters=app.state.funnel_filters, source_type=source, target_type=target,
+                    searchers=snapshot.searcher_for)
             return cache["funnels"][source, target]
 
     def prepare(body: QueryRequest, s) -> tuple[Query, Funnel, int]:

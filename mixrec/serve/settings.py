@@ -36,6 +36,8 @@ class ServeSettings(BaseModel):
                                    "(default: the number of CPUs)")
     rankers: dict[str, str] = Field(default_factory=dict, description="funnel rankers for POST /v1/query: "
                                     "name -> directory written by FunnelRanker.save")
+    filters: dict[str, str] = Field(default_factory=dict, description="graph-filter models for POST /v1/query's "
+                                    "graph(model=NAME) sources: name -> directory written by mixrec fit-filter")
     max_query_cost: int = Field(4_000_000, ge=1, description="POST /v1/query: largest estimated cost in work units "
                                 "(about one walker step or one candidate searched/scored); larger queries get 422")
     query_timeout_s: float = Field(10.0, gt=0, le=3600, description="POST /v1/query: a query still running after "
