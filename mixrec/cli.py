@@ -337,28 +337,25 @@ def _add_serve(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _rankers(specs: list[str]) -> dict[str, str]:
+def _named_dirs(specs: list[str], flag: str, example: str, marker: str, how: str) -> dict[str, str]:
+    """``NAME=DIR`` options as {name: dir}; each dir must hold ``marker`` (``how`` says how to make one)."""
     out = {}
     for spec in specs:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
-            raise ValueError(f"--ranker {spec!r}: give NAME=DIR, e.g. --ranker default=ranker/")
-        if not (Path(path) / "ranker.json").is_file():
-            raise ValueError(f"--ranker {spec!r}: {path} has no ranker.json (save one with FunnelRanker.save)")
+            raise ValueError(f"{flag} {spec!r}: give NAME=DIR, e.g. {flag} default={example}")
+        if not (Path(path) / marker).is_file():
+            raise ValueError(f"{flag} {spec!r}: {path} has no {marker} ({how})")
         out[name] = path
     return out
+
+
+def _rankers(specs: list[str]) -> dict[str, str]:
+    return _named_dirs(specs, "--ranker", "ranker/", "ranker.json", "save one with FunnelRanker.save")
 
 
 def _filters(specs: list[str]) -> dict[str, str]:
-    out = {}
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        if not sep or not name or not path:
-            raise ValueError(f"--filter {spec!r}: give NAME=DIR, e.g. --filter default=cascade/")
-        if not (Path(path) / "model.json").is_file():
-            raise ValueError(f"--filter {spec!r}: {path} has no model.json (fit one with mixrec fit-filter)")
-        out[name] = path
-    return out
+    return _named_dirs(specs, "--filter", "cascade/", "model.json", "fit one with mixrec fit-filter")
 
 
 def cmd_serve(a) -> int:

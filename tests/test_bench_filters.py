@@ -11,14 +11,20 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture()
-def bench_filters(monkeypatch):
+def _load_bench(monkeypatch, script: str):
+    """bench/<script>.py imported as a fresh module (bench/ on the path); removed from sys.modules afterwards."""
     monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_filters_under_test", BENCH / "filters.py")
+    name = f"bench_{script}_under_test"
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     yield mod
-    sys.modules.pop("bench_filters_under_test", None)
+    sys.modules.pop(name, None)
+
+
+@pytest.fixture()
+def bench_filters(monkeypatch):
+    yield from _load_bench(monkeypatch, "filters")
 
 
 def test_override_replaces_values_on_their_side(bench_filters):
@@ -40,12 +46,7 @@ def test_override_refuses_bad_specs(bench_filters, spec):
 
 @pytest.fixture()
 def bench_blend(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_blend_under_test", BENCH / "blend.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_blend_under_test", None)
+    yield from _load_bench(monkeypatch, "blend")
 
 
 def _tiny_cascade():
