@@ -133,9 +133,9 @@ class Config(_Strict):
     dim: int = Field(128, ge=1, description="dimension n of every component vector")
     components: dict[str, int] = Field(default_factory=lambda: {"user": 1, "item": 1},
                                        description="components.<entity type> = C for that type (default 1: the "
-                                       "best configuration measured on ml1m and tmall_mb, docs/quality.md; a "
-                                       "mixture is components.user = 4 with dim 32 and init.user_components = "
-                                       "clusters)")
+                                       "best configuration measured on ml1m, gowalla and yelp_cat, docs/quality.md; "
+                                       "on multi-behaviour data (tmall_mb) components.user = 4 with dim 64 and "
+                                       "init.user_components = clusters does better)")
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(1024, ge=1)
     lr: float = Field(0.2, gt=0, description="row-wise Adagrad learning rate")

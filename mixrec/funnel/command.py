@@ -10,6 +10,7 @@ def run_command(a) -> int:
     import pyarrow.parquet as pq
 
     from mixrec.evaluate import load_item_labels
+    from mixrec.filters import load_filter
     from mixrec.funnel.engine import Funnel
     from mixrec.funnel.query import Query
     from mixrec.funnel.rank import FunnelRanker
@@ -31,7 +32,6 @@ def run_command(a) -> int:
     if a.item_labels:
         labels = load_item_labels(a.item_labels, model.ids[target], label_col=a.label_col)
     rankers = {name: FunnelRanker.load(path) for name, path in (_named(r) for r in a.ranker or [])}
-    from mixrec.filters import load_filter
     filters = {name: load_filter(path) for name, path in (_named(f) for f in a.filter or [])}
     funnel = Funnel(model, history=history, labels=labels, rankers=rankers, filters=filters, source_type=source,
                     target_type=target)

@@ -23,6 +23,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from mixrec.filters import load_filter
 from mixrec.funnel.engine import Funnel
 from mixrec.funnel.ops import MAX_WALK_STEPS, query_cost  # noqa: F401  (MAX_WALK_STEPS: a limit documented here)
 from mixrec.funnel.query import Query, QueryError
@@ -143,7 +144,6 @@ def install_query_route(app: FastAPI) -> None:
     served snapshot) and load the rankers its settings name into ``app.state.funnel_rankers``."""
     holder, settings, metrics = app.state.holder, app.state.settings, app.state.metrics
     app.state.funnel_rankers = {name: FunnelRanker.load(d) for name, d in settings.rankers.items()}
-    from mixrec.filters import load_filter
     app.state.funnel_filters = {name: load_filter(d) for name, d in settings.filters.items()}
     cache: dict = {}
     lock = threading.Lock()
