@@ -69,14 +69,17 @@ def main(argv: list[str] | None = None) -> int:
           f"{model.components(model.source_type)} user components; metric recall@{k}", flush=True)
     print(f"{'weights':<22} {'gamma_T':>7} {'round-robin':>11} {'rescore':>8} {'eff. comps':>10} {'s':>5}")
     rows = []
-    trained = model.config
+    trained, stored = model.config, model.weights  # the weights as trained: what every prune variant starts from
+
+    def as_trained() -> MixtureModel:
+        model.config, model.weights = trained, stored
+        return model
     variants = [(f"{form}", f"{gamma:g}", lambda f=form, g=gamma: reweighted(model, f, g))
                 for form in a.forms for gamma in a.gammas]
     for spec in a.prune:
         mw, mc = (float(x) for x in spec.split(":"))
         variants.append((f"prune w<{mw:g} cos>{mc:g}", f"{trained.weight_sets['all'].gamma:g}",
-                         lambda mw=mw, mc=mc: pruned(reweighted(model, trained.weight_sets["all"].form,
-                                                                trained.weight_sets["all"].gamma), mw, mc)))
+                         lambda mw=mw, mc=mc: pruned(as_trained(), mw, mc)))
     for form, gamma, make in variants:
         t0 = time.perf_counter()
         m = make()
