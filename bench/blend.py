@@ -17,8 +17,11 @@ now when ``--filter`` has none that long; 0: none), so the graph source of a tra
 Ordered lists: HR@10 and NDCG@10 of the blend in its own order (reciprocal-rank blend) and, with
 ``--ranker``, reordered by the funnel's multi-task ranker (``.rank(...)``, final stage over every
 candidate), fitted as bench/funnel.py fits it (bench/blend_rank.py) on ``--ranker-users`` seeded
-training users, whose vectors are folded in from the feature part (the served model saw the held-out
-labels; ``--no-ranker-foldin`` keeps them); the graph source's own top 10 is the reference. Latency
+training users (``--ranker-labels one``: one held-out target edge per user instead of ~10% of every
+relation's; ``--ranker-features scalar``: no embedding inputs), whose vectors are folded in from the
+feature part (the served model saw the held-out
+labels; ``--no-ranker-foldin`` keeps them), once on its features alone and once also reading each candidate's
+reciprocal rank in every source's list (``source_features``); the graph source's own top 10 is the reference. Latency
 per user (p50/p99, in process, one user at a time, one thread as the server runs queries; elapsed and
 the thread's CPU time, which a busy machine does not inflate) of every query with the table and with
 the graph source computed, in rotating order per user; the run stops if the table changes any user's
@@ -43,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from blend_rank import VALUE, fit_blend_ranker, list_metrics, percentiles, timed_runs  # noqa: E402
+from blend_rank import LABELS, VALUE, fit_blend_ranker, list_metrics, percentiles, timed_runs  # noqa: E402
 from quality import DATA, DATASETS, Bench  # noqa: E402
 
 from mixrec.config import Config  # noqa: E402
@@ -156,6 +159,10 @@ def main() -> None:
     p.add_argument("--ranker", action="store_true", help="also order the blend with the funnel's ranker")
     p.add_argument("--ranker-users", type=int, default=1000, help="seeded training users the ranker learns from")
     p.add_argument("--ranker-epochs", type=int, default=3)
+    p.add_argument("--ranker-features", default="full", choices=["full", "scalar"],
+                   help="the ranker's features: with the embeddings, or cosines and counts only")
+    p.add_argument("--ranker-labels", default="random", choices=list(LABELS),
+                   help="held-out labels: ~10%% of each user's edges per relation, or one target edge per user")
     p.add_argument("--no-ranker-foldin", dest="ranker_foldin", action="store_false",
                    help="train the ranker on the served user vectors, which saw its labels (faster, leaks)")
     p.add_argument("--value", default=json.dumps(VALUE), help="the ranker's value weights per relation (JSON)")
@@ -183,9 +190,13 @@ def main() -> None:
     q, width = blend_query(a.quotas, seen), sum(a.quotas)
     queries, rankers = {"blend": q}, {}
     if a.ranker and not a.graph_only:
-        rankers["default"] = fit_blend_ranker(model, b.eval_data, filt, q, a.ranker_users, epochs=a.ranker_epochs,
-                                              value=json.loads(a.value), foldin=a.ranker_foldin, seed=a.seed)
+        fitted = fit_blend_ranker(model, b.eval_data, filt, q, a.ranker_users, epochs=a.ranker_epochs,
+                                  value=json.loads(a.value), foldin=a.ranker_foldin, seed=a.seed,
+                                  source_features=(False, True), feature_set=a.ranker_features,
+                                  labels=a.ranker_labels)
+        rankers = {"default": fitted[False], "sources": fitted[True]}
         queries["blend + ranker"] = q.rank(keep=[width], stages=["final"])
+        queries["blend + ranker, source ranks"] = q.rank(ranker="sources", keep=[width], stages=["final"])
     configure_threads()  # one thread per query, as the server runs them (FAISS's OpenMP pool costs 20x at p50 under load)
     if a.graph_only:
         show_graph_only(a, filt, users, fit_s)

@@ -8,6 +8,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+from filters import one_per_user
 
 from mixrec.data.dataset import Dataset
 from mixrec.evaluate.metrics import ranking_metrics
@@ -21,11 +22,22 @@ VALUE = {"buy": 1.0}  # the figure is held-out buys; bench/funnel.py starts from
 FOLDIN_STEPS = 30  # one component from its k-means start: near its plateau after 10 steps (docs/serving.md)
 
 
-def feature_part(data: Dataset, seed: int) -> tuple[Dataset, np.ndarray]:
-    """(the dataset less a seeded ~10% of each user's training edges per relation, the held-out mask over the
-    train split), as bench/funnel.py cuts it: features come from the rest, labels from the held-out edges."""
+LABELS = ("random", "one")
+
+
+def feature_part(data: Dataset, seed: int, labels: str = "random",
+                 target: str | None = None) -> tuple[Dataset, np.ndarray]:
+    """(the dataset less its held-out label edges, the held-out mask over the train split): features come from
+    the rest, labels from the held-out edges. ``labels="random"``: a seeded ~10% of each user's training edges
+    per relation, as bench/funnel.py cuts it; ``"one"``: one seeded ``target`` edge per user with two or more,
+    nothing else held out (shaped like tmall_mb's test split: one buy per user, every view and cart kept)."""
     tr = data.split("train")
-    hold = holdout_split(tr.src, tr.dst, tr.rel, 0.1, seed)
+    if labels == "one":
+        hold = one_per_user(tr.src, tr.rel == data.relation_code(target), seed=seed)
+    elif labels == "random":
+        hold = holdout_split(tr.src, tr.dst, tr.rel, 0.1, seed)
+    else:
+        raise ValueError(f"labels must be one of {LABELS}, got {labels!r}")
     return Dataset(ids=data.ids, relations=data.relations, edges={**data.edges, "train": tr.select(~hold)},
                    info=data.info), hold
 
@@ -66,8 +78,10 @@ def folded_users(model, users: np.ndarray, src: np.ndarray, dst: np.ndarray, rel
 
 def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_users: int, *, epochs: int = 3,
                      value: dict[str, float] | None = None, foldin: bool = True, seed: int = 0,
-                     log: Callable[[str], None] = print) -> FunnelRanker:
-    """The funnel's multi-task ranker trained to order ``query``'s candidates (bench/funnel.py's protocol).
+                     source_features: Sequence[bool] = (False,), feature_set: str = "full",
+                     labels: str = "random", log: Callable[[str], None] = print) -> dict[bool, FunnelRanker]:
+    """The funnel's multi-task ranker trained to order ``query``'s candidates (bench/funnel.py's protocol), one
+    per ``source_features`` setting (without / with the candidates' per-source ranks), on the same lists.
 
     Training edges are cut into a feature part and held-out labels (:func:`feature_part`); a funnel whose
     history, exclusions and graph filter (same kind, parameters and relations as ``filt``, refitted) see
@@ -77,27 +91,28 @@ def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_us
     from their feature part (:func:`folded_users`), else the ranker learns from embeddings that saw its labels.
     """
     t0 = time.perf_counter()
-    fdata, hold = feature_part(data, seed)
+    fdata, hold = feature_part(data, seed, labels, filt.target)
     codes = model_codes(data, model)
     tr = data.split("train")
     ffilt = make_filter(filt.kind, **filt.params).fit(fdata, relations=filt.relations, target=filt.target)
     feat = fdata.split("train")
     history = (feat.src, feat.dst, codes[feat.rel])
-    labels = (tr.src[hold], tr.dst[hold], codes[tr.rel[hold]])
+    held = (tr.src[hold], tr.dst[hold], codes[tr.rel[hold]])
     target = [r.name for r in model.relations].index(filt.target)
-    pool = np.unique(labels[0][labels[2] == target])
+    pool = np.unique(held[0][held[2] == target])
     users = np.sort(np.random.default_rng(seed).choice(pool, min(n_users, len(pool)), replace=False))
     t1 = time.perf_counter()
     fit_model = folded_users(model, users, *history) if foldin else model
     how = (f"folded in from their feature part in {time.perf_counter() - t1:.0f}s" if foldin
            else "served vectors, which saw the labels")
     fit_funnel = Funnel(fit_model, history=history, filters={"default": ffilt})
-    lists = candidate_lists(fit_funnel, query, users, labels)
-    ranker = fit_ranker(fit_funnel, lists, dict(value or VALUE), epochs=epochs, distill=False, seed=seed)
-    pos = ranker.info["positives"]
+    lists = candidate_lists(fit_funnel, query, users, held)
+    rankers = {flag: fit_ranker(fit_funnel, lists, dict(value or VALUE), epochs=epochs, distill=False, seed=seed,
+                                source_features=flag, feature_set=feature_set) for flag in source_features}
+    pos = next(iter(rankers.values())).info["positives"]
     log(f"ranker: {len(users):,} training users ({how}), {len(lists.items):,} candidate rows, held-out positives "
-        f"{pos}, fitted in {time.perf_counter() - t0:.0f}s")
-    return ranker
+        f"{pos} ({labels} labels), {feature_set} features, {len(rankers)} fitted in {time.perf_counter() - t0:.0f}s")
+    return rankers
 
 
 def list_metrics(top: np.ndarray, truth: tuple[np.ndarray, np.ndarray], k: int = 10) -> dict[str, float]:

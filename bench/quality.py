@@ -52,6 +52,7 @@ DATASETS = {
 MODELS = {
     "single 1x64": {"components.user": 1, "components.item": 1, "dim": 64},
     "single 1x128": {"components.user": 1, "components.item": 1, "dim": 128},
+    "single 1x256": {"components.user": 1, "components.item": 1, "dim": 256},
     "mixture 4x16": {"components.user": 4, "components.item": 1, "dim": 16},
     "mixture 4x64": {"components.user": 4, "components.item": 1, "dim": 64},
     "mixture 4x32": {"components.user": 4, "components.item": 1, "dim": 32, "routing": "none"},

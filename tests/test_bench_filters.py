@@ -109,6 +109,15 @@ def test_list_metrics_feature_part_and_table_off_by_hand(bench_blend):
     kept = part.split("train")
     assert 0 < hold.sum() < len(hold) and len(kept.src) == (~hold).sum()
     np.testing.assert_array_equal(kept.dst, tr.dst[~hold])
+    part, hold = feature_part(data, seed=0, labels="one", target="buy")  # one buy per user, nothing else
+    buy = tr.rel == data.relation_code("buy")
+    assert not (hold & ~buy).any()
+    per_user = np.bincount(tr.src[hold], minlength=data.num("user"))
+    has_two = np.bincount(tr.src[buy], minlength=data.num("user")) >= 2
+    np.testing.assert_array_equal(per_user, has_two.astype(int))
+    assert len(part.split("train").src) == (~hold).sum()
+    with pytest.raises(ValueError, match="labels"):
+        feature_part(data, seed=0, labels="last", target="buy")
     filt, _ = _tiny_cascade()
     table = filt.build_table(3)
     with table_off(filt) as f:
@@ -159,14 +168,20 @@ def test_ranker_orders_the_blend_and_the_table_changes_nothing(bench_blend, smal
     from blend_rank import fit_blend_ranker, timed_runs
     from mixrec.filters import make_filter
     from mixrec.funnel import Funnel
+    from mixrec.funnel.sources import SOURCES
     ds, model = small_model
     rels = [r.name for r in ds.relations]
     filt = make_filter("linear").fit(ds, relations=rels, target=rels[-1], table_k=12)
     q = bench_blend.blend_query([10, 10, 5, 4], True)
-    ranker = fit_blend_ranker(model, ds, filt, q, 40, epochs=1, value={r: 1.0 for r in rels}, log=lambda s: None)
+    fitted = fit_blend_ranker(model, ds, filt, q, 40, epochs=1, value={r: 1.0 for r in rels},
+                              source_features=(False, True), log=lambda s: None)
+    ranker, aware = fitted[False], fitted[True]
     assert ranker.info["users"] == 40 and ranker.first_pass is None
-    funnel = Funnel(model, filters={"default": filt}, rankers={"default": ranker})
-    queries = {"blend": q, "blend + ranker": q.rank(keep=[29], stages=["final"])}
+    assert aware.source_features and not ranker.source_features
+    assert aware.final.n_in == ranker.final.n_in + len(SOURCES) and aware.info == ranker.info  # the same lists
+    funnel = Funnel(model, filters={"default": filt}, rankers={"default": ranker, "sources": aware})
+    queries = {"blend": q, "blend + ranker": q.rank(keep=[29], stages=["final"]),
+               "blend + ranker, source ranks": q.rank(ranker="sources", keep=[29], stages=["final"])}
     users = np.array([2, 7, 11])
     lat, lists = timed_runs(funnel, filt, queries, users, 29)
     assert set(lat) == {f"{q} {t} {c}" for q in queries for t in ("table", "computed") for c in ("wall", "cpu")}

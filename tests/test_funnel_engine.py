@@ -170,3 +170,58 @@ def test_three_stage_rank_cuts_in_order_and_ends_on_the_value_model(setup):
     teacher = ranker.values(full)
     rho = np.corrcoef(np.argsort(np.argsort(ranker.second_pass.score(full))), np.argsort(np.argsort(teacher)))[0, 1]
     assert rho > 0.5  # the distilled second pass orders like the final ranker
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+    pos, neg = score[label > 0], score[label == 0]
+    return float((pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean())
+
+
+def test_source_features_let_the_ranker_learn_a_sources_order(setup, tmp_path):
+    """Labels planted on the `similar` source's own order (its top 3): only a ranker that reads each
+    candidate's per-source rank can find them; it saves, loads and ranks with those features."""
+    from mixrec.funnel.fit import CandidateLists
+    from mixrec.funnel.rank import FunnelRanker
+    from mixrec.funnel.sources import SOURCE_CODE, SOURCES
+    ds, model, funnel, cq, lists = setup
+    sim = lists.rank_in[:, SOURCE_CODE["similar"]]
+    planted = np.repeat((sim >= 1 / 3).astype(np.float32)[:, None], 2, 1)
+    assert 0 < planted[:, 0].sum() < len(planted)
+    lab = CandidateLists(lists.users, lists.offsets, lists.items, planted, lists.rank_in)
+    plain = fit_ranker(funnel, lab, {"like": 1.0}, epochs=8, distill=False)
+    aware = fit_ranker(funnel, lab, {"like": 1.0}, epochs=8, distill=False, source_features=True)
+    x = funnel.features.full(lab.row_users(), lab.items)
+    assert aware.final.n_in == x.shape[1] + len(SOURCES) and plain.final.n_in == x.shape[1]
+    auc_plain = _auc(plain.values(x), planted[:, 0])
+    auc_aware = _auc(aware.values(np.concatenate([x, lab.rank_in.astype(np.float32)], 1)), planted[:, 0])
+    assert auc_aware > 0.95 and auc_aware > auc_plain + 0.1, (auc_aware, auc_plain)
+    loaded = FunnelRanker.load(aware.save(tmp_path / "r"))
+    assert loaded.source_features
+    f = Funnel(model, rankers={"aware": loaded})
+    res = f.run(cq.rank(ranker="aware", keep=[20]), 5)
+    c = res.candidates
+    want = loaded.values(np.concatenate([f.features.full(np.full(len(c), 5), c.items), c.rank_in], 1))
+    np.testing.assert_allclose(c.scores, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="rank_in"):
+        fit_ranker(funnel, CandidateLists(lists.users, lists.offsets, lists.items, planted), {"like": 1.0},
+                   source_features=True)
+
+
+def test_scalar_feature_set_is_the_full_set_without_embeddings_and_ranks_with_it(setup, tmp_path):
+    from mixrec.funnel.rank import FunnelRanker
+    ds, model, funnel, cq, lists = setup
+    users, items = lists.row_users(), lists.items
+    full, scalar = funnel.features.full(users, items), funnel.features.scalar(users, items)
+    d = funnel.features.user_comp.shape[-1]
+    np.testing.assert_array_equal(scalar, full[:, 3 * d:])
+    assert scalar.shape[1] == 2 + 3 * len(funnel.relations)
+    r = fit_ranker(funnel, lists, {"like": 1.0}, epochs=1, distill_epochs=2, feature_set="scalar",
+                   source_features=True)
+    r = FunnelRanker.load(r.save(tmp_path / "r"))
+    assert r.feature_set == "scalar" and r.final.n_in == scalar.shape[1] + lists.rank_in.shape[1]
+    f = Funnel(model, rankers={"s": r})
+    c = f.run(cq.rank(ranker="s", keep=[40, 12, 6], stages=["first_pass", "second_pass", "final"]), 9).candidates
+    x = np.concatenate([f.features.scalar(np.full(len(c), 9), c.items), c.rank_in], 1)
+    np.testing.assert_allclose(c.scores, r.values(x), rtol=1e-6)
+    with pytest.raises(ValueError, match="feature_set"):
+        fit_ranker(funnel, lists, {"like": 1.0}, feature_set="embeddings")

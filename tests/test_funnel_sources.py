@@ -89,3 +89,37 @@ def test_aggregate_matches_a_loop():
         m = items == it
         assert out.scores[i] == pytest.approx(contrib[m].sum())
         assert contrib[m & (seeds == out.seed[i])].max() == pytest.approx(contrib[m].max())
+
+
+def test_rank_in_hand_worked_through_make_dedup_and_blend():
+    m = cs([5, 6, 7], [0.2, 0.9, 0.5], "mixture")  # ordered by score: 6, 7, 5
+    assert m.rank_in[:, SOURCE_CODE["mixture"]].tolist() == [1 / 3, 1.0, 1 / 2]
+    assert m.rank_in[:, SOURCE_CODE["graph"]].tolist() == [0, 0, 0]
+    g = cs([7, 8], [3.0, 3.0], "graph")  # a tie: item ascending, so 7 first
+    out = blend([m, g], weights=[1.0, 1.0], quotas=[None, None])
+    got = {int(i): r for i, r in zip(out.items, out.rank_in)}
+    assert got[7][SOURCE_CODE["mixture"]] == 0.5 and got[7][SOURCE_CODE["graph"]] == 1.0
+    assert got[8][SOURCE_CODE["graph"]] == 0.5 and got[8][SOURCE_CODE["mixture"]] == 0
+    assert got[6][SOURCE_CODE["mixture"]] == 1.0 and got[6][SOURCE_CODE["graph"]] == 0
+    assert CandidateSet.empty().rank_in.shape == (0, len(SOURCE_CODE))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_dedup_rank_in_is_the_best_rank_per_source_as_a_loop(seed):
+    rng = np.random.default_rng(seed)
+    names = list(SOURCE_CODE)
+    parts = []
+    for _ in range(4):
+        n = int(rng.integers(1, 9))
+        parts.append(cs(rng.choice(12, n, replace=False), rng.random(n), names[int(rng.integers(len(names)))]))
+    allrows = CandidateSet.concat(parts)
+    out = dedup(allrows)
+    for row, item in enumerate(out.items):
+        want = np.zeros(len(names))
+        for p in parts:  # naive: the reciprocal rank of the item in each list that holds it, best per source
+            order = sorted(range(len(p)), key=lambda j: (-p.scores[j], p.items[j]))
+            for r, j in enumerate(order, 1):
+                if p.items[j] == item:
+                    code = int(p.source[j])
+                    want[code] = max(want[code], 1.0 / r)
+        np.testing.assert_allclose(out.rank_in[row], want)

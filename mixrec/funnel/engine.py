@@ -17,7 +17,7 @@ from mixrec.evaluate.labels import ItemLabels
 from mixrec.funnel import diversify as div
 from mixrec.funnel.features import FeatureTables
 from mixrec.funnel.query import Query, QueryError, Step
-from mixrec.funnel.rank import FunnelRanker
+from mixrec.funnel.rank import FunnelRanker, ranking_features
 from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr, two_hop_source
 from mixrec.funnel.walk import BipartiteGraph
 from mixrec.index import ComponentIndex
@@ -250,12 +250,15 @@ class Funnel:
             users = np.full(len(cs), user, np.int64)
             if len(cs) == 0:
                 break
+            feature_set = "light" if stage == "first_pass" else ranker.feature_set
+            x = ranking_features(self.features.of(feature_set, users, cs.items),
+                                 cs.rank_in if ranker.source_features else None)
             if stage == "first_pass":
-                scores = ranker.first_pass.score(self.features.light(users, cs.items))
+                scores = ranker.first_pass.score(x)
             elif stage == "second_pass":
-                scores = ranker.second_pass.score(self.features.full(users, cs.items))
+                scores = ranker.second_pass.score(x)
             else:
-                scores = ranker.values(self.features.full(users, cs.items))
+                scores = ranker.values(x)
             cs = cs.with_scores(scores).sorted().head(keep)
         return cs
 

@@ -3,8 +3,9 @@
 Full features (final ranker): the user's mixture-weighted mean vector ``u``, the item's mean vector
 ``v``, ``u * v``, the best component cosine, the mixture-weighted cosine, and per relation
 ``log1p`` of the item's popularity, the user's activity and the user-item interaction count.
-Light features (first pass): the two cosines and the per-relation item popularity and user-item
-counts only.
+Scalar features: the full set less the embeddings (the two cosines and the counts), for rankers that
+learn from few labels (the 3d embedding inputs overfit them). Light features (first pass): the two
+cosines and the per-relation item popularity and user-item counts only.
 """
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+
+
+FEATURE_SETS = ("full", "scalar", "light")
 
 
 @dataclass
@@ -77,6 +81,19 @@ class FeatureTables:
         best, mixed = self.cosines(users, items)
         pop, act, ui = self.counts(users, items)
         return np.concatenate([u, v, u * v, best[:, None], mixed[:, None], pop, act, ui], 1).astype(np.float32)
+
+    def scalar(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """(n, 2 + 3R) float32: the full features without the embeddings (cosines and counts)."""
+        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        best, mixed = self.cosines(users, items)
+        pop, act, ui = self.counts(users, items)
+        return np.concatenate([best[:, None], mixed[:, None], pop, act, ui], 1).astype(np.float32)
+
+    def of(self, feature_set: str, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """The named feature set (``full``, ``scalar`` or ``light``) of each (user, item) pair."""
+        if feature_set not in FEATURE_SETS:
+            raise ValueError(f"unknown feature set {feature_set!r}; expected one of {FEATURE_SETS}")
+        return getattr(self, feature_set)(users, items)
 
     def light(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(n, 2 + 2R) float32 cheap features for the first pass."""

@@ -16,7 +16,8 @@ import numpy as np
 from mixrec.data.split import holdout_mask
 from mixrec.funnel.engine import Funnel
 from mixrec.funnel.query import Query
-from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, train_multitask
+from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, ranking_features, train_multitask
+from mixrec.funnel.sources import SOURCES
 
 
 @dataclass
@@ -27,6 +28,7 @@ class CandidateLists:
     offsets: np.ndarray  # (U + 1,)
     items: np.ndarray  # (n,)
     labels: np.ndarray  # (n, R) float32, 1 where the (user, item) pair is a held-out edge of relation r
+    rank_in: np.ndarray | None = None  # (n, S) each row's CandidateSet.rank_in (0 for added positives)
 
     def row_users(self) -> np.ndarray:
         return np.repeat(self.users, np.diff(self.offsets))
@@ -67,34 +69,50 @@ def candidate_lists(funnel: Funnel, query: Query, users: Sequence[int], label_ed
     users = np.asarray(users, np.int64)
     order = np.argsort(src, kind="stable")
     ptr = np.searchsorted(src[order], np.r_[users, users + 1].reshape(2, -1))
-    parts = []
+    parts, ranks = [], []
     for i, u in enumerate(users):
-        items = funnel.run(query, int(u), validate=(i == 0)).candidates.items
+        cs = funnel.run(query, int(u), validate=(i == 0)).candidates
+        items, rank_in = cs.items, cs.rank_in
         if add_positives:
-            items = np.union1d(items, dst[order][ptr[0, i]:ptr[1, i]])
+            extra = np.setdiff1d(dst[order][ptr[0, i]:ptr[1, i]], items)
+            items = np.r_[items, extra]
+            rank_in = np.r_[rank_in, np.zeros((len(extra), rank_in.shape[1]))]
         parts.append(items)
+        ranks.append(rank_in)
     offsets = np.zeros(len(users) + 1, np.int64)
     np.cumsum([len(p) for p in parts], out=offsets[1:])
     items = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    rank_in = np.concatenate(ranks) if ranks else np.zeros((0, len(SOURCES)))
     q = np.repeat(users, np.diff(offsets)) * n_items + items
     labels = np.stack([np.isin(q, k) for k in lab_keys], 1).astype(np.float32)
-    return CandidateLists(users, offsets, items, labels)
+    return CandidateLists(users, offsets, items, labels, rank_in)
 
 
 def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, float], *,
                epochs: int = 5, hidden: Sequence[int] = (64, 32), distill: bool = True, distill_epochs: int = 30,
-               max_list: int = 300, seed: int = 0) -> FunnelRanker:
-    """Train the final multi-task ranker on ``lists``; then distil a first and a second pass from its values."""
+               max_list: int = 300, seed: int = 0, source_features: bool = False,
+               feature_set: str = "full") -> FunnelRanker:
+    """Train the final multi-task ranker on ``lists``; then distil a first and a second pass from its values.
+
+    ``feature_set``: ``full`` (with the user and item embeddings) or ``scalar`` (cosines and counts only,
+    for few labels). ``source_features``: every stage also reads each candidate's reciprocal rank in each
+    source's list (``lists.rank_in``), so the ranker can learn how far to trust each source's own order."""
     users = lists.row_users()
-    x = funnel.features.full(users, lists.items)
+    if source_features and lists.rank_in is None:
+        raise ValueError("source_features needs lists with rank_in (built by candidate_lists)")
+    if feature_set not in ("full", "scalar"):
+        raise ValueError(f"feature_set must be 'full' or 'scalar', got {feature_set!r}")
+    extra = lists.rank_in if source_features else None
+    x = ranking_features(funnel.features.of(feature_set, users, lists.items), extra)
     final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed)
     ranker = FunnelRanker(final, ValueModel(dict(value_weights)),
                           info={"rows": int(len(users)), "users": int(len(lists.users)),
                                 "positives": {r: int(lists.labels[:, i].sum())
-                                              for i, r in enumerate(funnel.relations)}})
+                                              for i, r in enumerate(funnel.relations)}},
+                          source_features=source_features, feature_set=feature_set)
     if distill:
         teacher = ranker.values(x)
-        light = funnel.features.light(users, lists.items)
+        light = ranking_features(funnel.features.light(users, lists.items), extra)
         xl, mask = lists.padded(light, min(max_list, int(np.diff(lists.offsets).max(initial=1))))
         tv, _ = lists.padded(teacher, xl.shape[1])
         ranker.first_pass = distill_first_pass(xl, tv, mask, epochs=distill_epochs, seed=seed)

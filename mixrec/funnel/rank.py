@@ -87,6 +87,11 @@ class ValueModel:
         return np.asarray(probs, np.float64) @ self.vector(relations)
 
 
+def ranking_features(x: np.ndarray, rank_in: np.ndarray | None) -> np.ndarray:
+    """A stage's feature rows, followed by the candidates' per-source reciprocal ranks when given."""
+    return x if rank_in is None else np.concatenate([x, rank_in.astype(np.float32)], 1)
+
+
 def _minibatches(n: int, batch: int, epochs: int, seed: int):
     """Index tensors of shuffled minibatches, ``epochs`` passes over ``n`` rows, seeded."""
     g = torch.Generator().manual_seed(seed)
@@ -171,13 +176,18 @@ def distill_first_pass(x: np.ndarray, teacher: np.ndarray, mask: np.ndarray, *, 
 class FunnelRanker:
     """The ranking stages of a funnel: the final multi-task ranker and its value model, and optionally a
     first pass (small model on cheap features) and a second pass (small model on the full features),
-    both distilled from the final ranker's values."""
+    both distilled from the final ranker's values. ``feature_set`` names what the final ranker and the
+    second pass read (``full``: with the embeddings; ``scalar``: cosines and counts only); the first pass
+    reads the light set. With ``source_features`` every stage also reads each candidate's reciprocal rank
+    in every source's list (``CandidateSet.rank_in``) after those."""
 
     final: MultiTaskRanker
     value: ValueModel
     first_pass: FirstPass | None = None
     info: dict = field(default_factory=dict)
     second_pass: FirstPass | None = None
+    source_features: bool = False
+    feature_set: str = "full"
 
     @property
     def relations(self) -> list[str]:
@@ -193,7 +203,8 @@ class FunnelRanker:
         arrays = {f"final.{k}": v.numpy() for k, v in self.final.state_dict().items()}
         meta = {"format": 1, "relations": self.relations, "final": {"n_in": self.final.n_in,
                                                                      "hidden": self.final.hidden},
-                "value": self.value.weights, "info": self.info, "first_pass": None}
+                "value": self.value.weights, "info": self.info, "first_pass": None,
+                "source_features": self.source_features, "feature_set": self.feature_set}
         for name, prefix in (("first_pass", "first"), ("second_pass", "second")):
             stage = getattr(self, name)
             meta[name] = None if stage is None else {"n_in": stage.n_in, "hidden": stage.hidden}
@@ -222,4 +233,5 @@ class FunnelRanker:
                 stages[name] = FirstPass(meta[name]["n_in"], meta[name]["hidden"])
                 stages[name].load_state_dict({k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)})
         return cls(final, ValueModel({k: float(v) for k, v in meta["value"].items()}), info=meta.get("info", {}),
-                   **stages)
+                   source_features=bool(meta.get("source_features", False)),
+                   feature_set=str(meta.get("feature_set", "full")), **stages)

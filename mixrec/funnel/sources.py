@@ -4,7 +4,8 @@ A :class:`CandidateSet` is one user's candidates as parallel arrays: the item, a
 better), the source that produced the kept occurrence, the seed item it came from (history item,
 expanded item, a node of another type, or -1) and the seed's entity type ("" for an item of the funnel's
 item type), the mixture component that retrieved it (or -1) and a bit mask of *every* source that proposed
-it, so de-duplication never loses provenance.
+it, so de-duplication never loses provenance. ``rank_in`` keeps, per source, the reciprocal rank the item had
+in that source's own list (what a learned ranker over the union reads as "where did each source put it").
 """
 from __future__ import annotations
 
@@ -30,24 +31,31 @@ class CandidateSet:
     component: np.ndarray  # (n,) int64 user component that retrieved it, -1 if none
     via: np.ndarray  # (n,) int64 bit mask over SOURCES of everything that proposed the item
     seed_type: np.ndarray  # (n,) object: the seed's entity type, "" for an item of the funnel's item type
+    rank_in: np.ndarray  # (n, len(SOURCES)) float64: 1 / (1-based rank in each proposing source's list), else 0
 
     def __len__(self) -> int:
         return int(self.items.shape[0])
 
     @classmethod
     def make(cls, items, scores, source: str, seed=None, component=None, seed_type: str = "") -> "CandidateSet":
-        """A set from one source; ``seed``/``component`` default to -1, ``seed_type`` to "" (seeds are items)."""
+        """A set from one source; ``seed``/``component`` default to -1, ``seed_type`` to "" (seeds are items).
+
+        ``rank_in[:, source]`` is 1 / rank of each row in this list ordered by score (ties: item ascending)."""
         items = np.asarray(items, np.int64).ravel()
+        scores = np.asarray(scores, np.float64).ravel()
         n = len(items)
         code = SOURCE_CODE[source]
         fill = lambda v: np.full(n, -1, np.int64) if v is None else np.asarray(v, np.int64).ravel()  # noqa: E731
-        return cls(items, np.asarray(scores, np.float64).ravel(), np.full(n, code, np.int64), fill(seed),
-                   fill(component), np.full(n, 1 << code, np.int64), np.full(n, seed_type, object))
+        rank_in = np.zeros((n, len(SOURCES)))
+        rank_in[np.lexsort((items, -scores)), code] = 1.0 / np.arange(1, n + 1)
+        return cls(items, scores, np.full(n, code, np.int64), fill(seed), fill(component),
+                   np.full(n, 1 << code, np.int64), np.full(n, seed_type, object), rank_in)
 
     @classmethod
     def empty(cls) -> "CandidateSet":
         z = np.zeros(0, np.int64)
-        return cls(z, np.zeros(0), z.copy(), z.copy(), z.copy(), z.copy(), np.zeros(0, object))
+        return cls(z, np.zeros(0), z.copy(), z.copy(), z.copy(), z.copy(), np.zeros(0, object),
+                   np.zeros((0, len(SOURCES))))
 
     def take(self, idx: np.ndarray) -> "CandidateSet":
         """Rows ``idx`` (an index array or boolean mask), in that order."""
@@ -79,11 +87,12 @@ class CandidateSet:
         return CandidateSet(*(np.concatenate([getattr(s, f) for s in sets]) for f in _FIELDS))
 
 
-_FIELDS = ("items", "scores", "source", "seed", "component", "via", "seed_type")
+_FIELDS = ("items", "scores", "source", "seed", "component", "via", "seed_type", "rank_in")
 
 
 def dedup(cs: CandidateSet, combine: str = "max") -> CandidateSet:
-    """One row per item: the highest-scoring occurrence (ties: earliest row) with ``via`` OR-ed over all.
+    """One row per item: the highest-scoring occurrence (ties: earliest row) with ``via`` OR-ed over all and
+    ``rank_in`` the best (largest reciprocal) rank per source over all.
 
     ``combine="sum"`` scores the row with the sum of its item's occurrences instead of the best one (seed
     and component stay the best occurrence's). The result is sorted by score descending.
@@ -95,6 +104,7 @@ def dedup(cs: CandidateSet, combine: str = "max") -> CandidateSet:
     starts = np.flatnonzero(np.r_[True, items[1:] != items[:-1]])
     out = cs.take(order[starts])
     out.via = np.bitwise_or.reduceat(cs.via[order], starts)
+    out.rank_in = np.maximum.reduceat(cs.rank_in[order], starts, axis=0)
     if combine == "sum":
         out.scores = np.add.reduceat(cs.scores[order].astype(np.float64), starts).astype(out.scores.dtype)
     elif combine != "max":
