@@ -18,7 +18,8 @@ Ordered lists: HR@10 and NDCG@10 of the blend in its own order (reciprocal-rank 
 ``--ranker``, reordered by the funnel's multi-task ranker (``.rank(...)``, final stage over every
 candidate), fitted as bench/funnel.py fits it (bench/blend_rank.py) on ``--ranker-users`` seeded
 training users (``--ranker-labels one``: one held-out target edge per user instead of ~10% of every
-relation's; ``--ranker-features scalar``: no embedding inputs), whose vectors are folded in from the
+relation's; ``--ranker-features scalar``: no embedding inputs; ``--ranker-wide``: the source-rank ranker
+also gets a linear path from the log ranks to its heads), whose vectors are folded in from the
 feature part (the served model saw the held-out
 labels; ``--no-ranker-foldin`` keeps them), once on its features alone and once also reading each candidate's
 reciprocal rank in every source's list (``source_features``); the graph source's own top 10 is the reference. Latency
@@ -161,6 +162,8 @@ def main() -> None:
     p.add_argument("--ranker-epochs", type=int, default=3)
     p.add_argument("--ranker-features", default="full", choices=["full", "scalar"],
                    help="the ranker's features: with the embeddings, or cosines and counts only")
+    p.add_argument("--ranker-wide", action="store_true",
+                   help="the source-rank ranker also gets a linear path from the log ranks to its heads")
     p.add_argument("--ranker-labels", default="random", choices=list(LABELS),
                    help="held-out labels: ~10%% of each user's edges per relation, or one target edge per user")
     p.add_argument("--no-ranker-foldin", dest="ranker_foldin", action="store_false",
@@ -193,7 +196,7 @@ def main() -> None:
         fitted = fit_blend_ranker(model, b.eval_data, filt, q, a.ranker_users, epochs=a.ranker_epochs,
                                   value=json.loads(a.value), foldin=a.ranker_foldin, seed=a.seed,
                                   source_features=(False, True), feature_set=a.ranker_features,
-                                  labels=a.ranker_labels)
+                                  labels=a.ranker_labels, wide=a.ranker_wide)
         rankers = {"default": fitted[False], "sources": fitted[True]}
         queries["blend + ranker"] = q.rank(keep=[width], stages=["final"])
         queries["blend + ranker, source ranks"] = q.rank(ranker="sources", keep=[width], stages=["final"])

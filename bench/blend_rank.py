@@ -79,9 +79,11 @@ def folded_users(model, users: np.ndarray, src: np.ndarray, dst: np.ndarray, rel
 def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_users: int, *, epochs: int = 3,
                      value: dict[str, float] | None = None, foldin: bool = True, seed: int = 0,
                      source_features: Sequence[bool] = (False,), feature_set: str = "full",
-                     labels: str = "random", log: Callable[[str], None] = print) -> dict[bool, FunnelRanker]:
+                     labels: str = "random", wide: bool = False,
+                     log: Callable[[str], None] = print) -> dict[bool, FunnelRanker]:
     """The funnel's multi-task ranker trained to order ``query``'s candidates (bench/funnel.py's protocol), one
-    per ``source_features`` setting (without / with the candidates' per-source ranks), on the same lists.
+    per ``source_features`` setting (without / with the candidates' per-source ranks, the latter with a wide
+    path over them when ``wide``), on the same lists.
 
     Training edges are cut into a feature part and held-out labels (:func:`feature_part`); a funnel whose
     history, exclusions and graph filter (same kind, parameters and relations as ``filt``, refitted) see
@@ -108,10 +110,12 @@ def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_us
     fit_funnel = Funnel(fit_model, history=history, filters={"default": ffilt})
     lists = candidate_lists(fit_funnel, query, users, held)
     rankers = {flag: fit_ranker(fit_funnel, lists, dict(value or VALUE), epochs=epochs, distill=False, seed=seed,
-                                source_features=flag, feature_set=feature_set) for flag in source_features}
+                                source_features=flag, feature_set=feature_set, wide=wide and flag)
+               for flag in source_features}
     pos = next(iter(rankers.values())).info["positives"]
     log(f"ranker: {len(users):,} training users ({how}), {len(lists.items):,} candidate rows, held-out positives "
-        f"{pos} ({labels} labels), {feature_set} features, {len(rankers)} fitted in {time.perf_counter() - t0:.0f}s")
+        f"{pos} ({labels} labels), {feature_set} features{', wide source ranks' if wide else ''}, {len(rankers)} "
+        f"fitted in {time.perf_counter() - t0:.0f}s")
     return rankers
 
 

@@ -202,6 +202,11 @@ def test_source_features_let_the_ranker_learn_a_sources_order(setup, tmp_path):
     c = res.candidates
     want = loaded.values(np.concatenate([f.features.full(np.full(len(c), 5), c.items), c.rank_in], 1))
     np.testing.assert_allclose(c.scores, want, rtol=1e-6)
+    wide = fit_ranker(funnel, lab, {"like": 1.0}, epochs=8, distill=False, source_features=True, wide=True)
+    assert wide.final.wide_n == len(SOURCES)
+    assert _auc(wide.values(np.concatenate([x, lab.rank_in.astype(np.float32)], 1)), planted[:, 0]) > 0.95
+    with pytest.raises(ValueError, match="source_features"):
+        fit_ranker(funnel, lab, {"like": 1.0}, wide=True)
     with pytest.raises(ValueError, match="rank_in"):
         fit_ranker(funnel, CandidateLists(lists.users, lists.offsets, lists.items, planted), {"like": 1.0},
                    source_features=True)

@@ -91,20 +91,24 @@ def candidate_lists(funnel: Funnel, query: Query, users: Sequence[int], label_ed
 def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, float], *,
                epochs: int = 5, hidden: Sequence[int] = (64, 32), distill: bool = True, distill_epochs: int = 30,
                max_list: int = 300, seed: int = 0, source_features: bool = False,
-               feature_set: str = "full") -> FunnelRanker:
+               feature_set: str = "full", wide: bool = False) -> FunnelRanker:
     """Train the final multi-task ranker on ``lists``; then distil a first and a second pass from its values.
 
     ``feature_set``: ``full`` (with the user and item embeddings) or ``scalar`` (cosines and counts only,
     for few labels). ``source_features``: every stage also reads each candidate's reciprocal rank in each
-    source's list (``lists.rank_in``), so the ranker can learn how far to trust each source's own order."""
+    source's list (``lists.rank_in``), so the ranker can learn how far to trust each source's own order;
+    ``wide`` also gives those ranks a linear path to the heads (:class:`~mixrec.funnel.rank.MultiTaskRanker`)."""
     users = lists.row_users()
     if source_features and lists.rank_in is None:
         raise ValueError("source_features needs lists with rank_in (built by candidate_lists)")
+    if wide and not source_features:
+        raise ValueError("wide reads the sources' ranks: give source_features=True with it")
     if feature_set not in ("full", "scalar"):
         raise ValueError(f"feature_set must be 'full' or 'scalar', got {feature_set!r}")
     extra = lists.rank_in if source_features else None
     x = ranking_features(funnel.features.of(feature_set, users, lists.items), extra)
-    final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed)
+    final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed,
+                            wide=extra.shape[1] if wide else 0)
     ranker = FunnelRanker(final, ValueModel(dict(value_weights)),
                           info={"rows": int(len(users)), "users": int(len(lists.users)),
                                 "positives": {r: int(lists.labels[:, i].sum())

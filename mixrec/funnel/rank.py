@@ -45,12 +45,34 @@ class _MLP(nn.Module):
         return self.head(self.body((x - self.mean) / self.std))
 
 
-class MultiTaskRanker(_MLP):
-    """Shared MLP trunk with one logit per relation (the heads are the rows of the last layer)."""
+WIDE_FLOOR = 1e-3
+"""The wide path reads log(max(reciprocal rank, WIDE_FLOOR)): a candidate a source did not propose counts as
+rank 1,000 there."""
 
-    def __init__(self, n_in: int, relations: Sequence[str], hidden: Sequence[int] = (64, 32)):
+
+class MultiTaskRanker(_MLP):
+    """Shared MLP trunk with one logit per relation (the heads are the rows of the last layer).
+
+    ``wide`` > 0 adds a linear path from the log of the last ``wide`` inputs (the candidates' reciprocal ranks
+    in each source's list) to every head, beside the trunk (wide & deep): following one source's order is
+    then one weight, not a function the trunk has to learn from few labels. It starts at zero.
+    """
+
+    def __init__(self, n_in: int, relations: Sequence[str], hidden: Sequence[int] = (64, 32), wide: int = 0):
         super().__init__(n_in, hidden, len(relations))
         self.relations = list(relations)
+        self.wide_n = int(wide)
+        if not 0 <= self.wide_n <= n_in:
+            raise ValueError(f"wide must lie in [0, n_in = {n_in}], got {wide}")
+        self.wide = nn.Linear(self.wide_n, len(relations), bias=False) if self.wide_n else None
+        if self.wide is not None:
+            nn.init.zeros_(self.wide.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().forward(x)
+        if self.wide is None:
+            return out
+        return out + self.wide(torch.log(x[:, -self.wide_n:].clamp_min(WIDE_FLOOR)))
 
     @torch.no_grad()
     def probs(self, x: np.ndarray) -> np.ndarray:
@@ -102,11 +124,13 @@ def _minibatches(n: int, batch: int, epochs: int, seed: int):
 
 
 def train_multitask(x: np.ndarray, y: np.ndarray, relations: Sequence[str], *, hidden: Sequence[int] = (64, 32),
-                    epochs: int = 5, lr: float = 3e-3, batch: int = 1024, seed: int = 0) -> MultiTaskRanker:
-    """Fit the ranker with per-head binary cross-entropy on multi-hot labels ``y`` (n, R)."""
+                    epochs: int = 5, lr: float = 3e-3, batch: int = 1024, seed: int = 0,
+                    wide: int = 0) -> MultiTaskRanker:
+    """Fit the ranker with per-head binary cross-entropy on multi-hot labels ``y`` (n, R); ``wide``: see
+    :class:`MultiTaskRanker`."""
     torch.manual_seed(seed)
     xt, yt = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.float32)
-    model = MultiTaskRanker(xt.shape[1], relations, hidden)
+    model = MultiTaskRanker(xt.shape[1], relations, hidden, wide)
     model.fit_scaler(xt)
     pos = yt.mean(0).clamp(1e-4, 1 - 1e-4)
     with torch.no_grad():
@@ -202,7 +226,8 @@ class FunnelRanker:
         path.mkdir(parents=True, exist_ok=True)
         arrays = {f"final.{k}": v.numpy() for k, v in self.final.state_dict().items()}
         meta = {"format": 1, "relations": self.relations, "final": {"n_in": self.final.n_in,
-                                                                     "hidden": self.final.hidden},
+                                                                     "hidden": self.final.hidden,
+                                                                     "wide": self.final.wide_n},
                 "value": self.value.weights, "info": self.info, "first_pass": None,
                 "source_features": self.source_features, "feature_set": self.feature_set}
         for name, prefix in (("first_pass", "first"), ("second_pass", "second")):
@@ -225,7 +250,8 @@ class FunnelRanker:
         meta = json.loads((path / "ranker.json").read_text())
         with np.load(path / "ranker.npz", allow_pickle=False) as z:
             arrays = {k: torch.from_numpy(z[k].copy()) for k in z.files}
-        final = MultiTaskRanker(meta["final"]["n_in"], meta["relations"], meta["final"]["hidden"])
+        final = MultiTaskRanker(meta["final"]["n_in"], meta["relations"], meta["final"]["hidden"],
+                                meta["final"].get("wide", 0))
         final.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("final.")})
         stages = {}
         for name, prefix in (("first_pass", "first."), ("second_pass", "second.")):
