@@ -162,6 +162,9 @@ def main() -> None:
     p.add_argument("--ranker-epochs", type=int, default=3)
     p.add_argument("--ranker-features", default="full", choices=["full", "scalar"],
                    help="the ranker's features: with the embeddings, or cosines and counts only")
+    p.add_argument("--ranker-retrain", action="store_true",
+                   help="fit the ranker on a model trained on its feature part alone (WORK/ranker-model-...) "
+                        "instead of folding users into the served model, whose item vectors saw the labels")
     p.add_argument("--ranker-wide", action="store_true",
                    help="the source-rank ranker also gets a linear path from the log ranks to its heads")
     p.add_argument("--ranker-labels", default="random", choices=list(LABELS),
@@ -196,7 +199,9 @@ def main() -> None:
         fitted = fit_blend_ranker(model, b.eval_data, filt, q, a.ranker_users, epochs=a.ranker_epochs,
                                   value=json.loads(a.value), foldin=a.ranker_foldin, seed=a.seed,
                                   source_features=(False, True), feature_set=a.ranker_features,
-                                  labels=a.ranker_labels, wide=a.ranker_wide)
+                                  labels=a.ranker_labels, wide=a.ranker_wide,
+                                  retrain=(b.work / f"ranker-model-{a.ranker_labels}-s{a.seed}") if a.ranker_retrain
+                                  else None)
         rankers = {"default": fitted[False], "sources": fitted[True]}
         queries["blend + ranker"] = q.rank(keep=[width], stages=["final"])
         queries["blend + ranker, source ranks"] = q.rank(ranker="sources", keep=[width], stages=["final"])

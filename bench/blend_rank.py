@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,6 +20,8 @@ from mixrec.foldin import FoldInSettings, fold_in_model
 from mixrec.funnel import Funnel, Query
 from mixrec.funnel.fit import candidate_lists, fit_ranker, holdout_split
 from mixrec.funnel.rank import FunnelRanker
+from mixrec.model.mixture import MixtureModel
+from mixrec.train import train
 
 VALUE = {"buy": 1.0}  # the figure is held-out buys; bench/funnel.py starts from buy 1, cart 0.3, view 0.1
 FOLDIN_STEPS = 30  # one component from its k-means start: near its plateau after 10 steps (docs/serving.md)
@@ -76,10 +81,24 @@ def folded_users(model, users: np.ndarray, src: np.ndarray, dst: np.ndarray, rel
     return dataclasses.replace(model, tables={**model.tables, s_type: table}, weights=weights)
 
 
+def feature_model(model, fdata: Dataset, out: Path, log: Callable[[str], None] = print):
+    """A model of ``model``'s configuration trained on ``fdata`` into ``out``, or the one already there when its
+    recorded training edges are ``fdata``'s (same count and digest)."""
+    tr = fdata.split("train")
+    digest = hashlib.sha256(np.stack([tr.src, tr.dst, tr.rel]).astype(np.int64).tobytes()).hexdigest()[:16]
+    stamp = out / "feature_part.json"
+    if (out / "model.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("edges") == digest:
+        log(f"ranker: reusing the feature-part model in {out}")
+        return MixtureModel.load(out)
+    trained = train(fdata, model.config, out, progress=False)
+    stamp.write_text(json.dumps({"edges": digest}))
+    return trained
+
+
 def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_users: int, *, epochs: int = 3,
                      value: dict[str, float] | None = None, foldin: bool = True, seed: int = 0,
                      source_features: Sequence[bool] = (False,), feature_set: str = "full",
-                     labels: str = "random", wide: bool = False,
+                     labels: str = "random", wide: bool = False, retrain: Path | None = None,
                      log: Callable[[str], None] = print) -> dict[bool, FunnelRanker]:
     """The funnel's multi-task ranker trained to order ``query``'s candidates (bench/funnel.py's protocol), one
     per ``source_features`` setting (without / with the candidates' per-source ranks, the latter with a wide
@@ -91,6 +110,9 @@ def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_us
     and the ranker learns each candidate's held-out relations from its features. The served mixture model
     was trained on every training edge, labels included: with ``foldin`` those users' vectors are folded in
     from their feature part (:func:`folded_users`), else the ranker learns from embeddings that saw its labels.
+    Folding in leaves the *item* vectors, which did see the labels; ``retrain`` (a directory) trains a model of
+    the served one's configuration on the feature part alone (reused from there when it holds one trained on
+    the same feature part) and fits the ranker on its features, so that nothing it reads saw a label.
     """
     t0 = time.perf_counter()
     fdata, hold = feature_part(data, seed, labels, filt.target)
@@ -104,9 +126,13 @@ def fit_blend_ranker(model, data: Dataset, filt: FilterModel, query: Query, n_us
     pool = np.unique(held[0][held[2] == target])
     users = np.sort(np.random.default_rng(seed).choice(pool, min(n_users, len(pool)), replace=False))
     t1 = time.perf_counter()
-    fit_model = folded_users(model, users, *history) if foldin else model
-    how = (f"folded in from their feature part in {time.perf_counter() - t1:.0f}s" if foldin
-           else "served vectors, which saw the labels")
+    if retrain is not None:
+        fit_model = feature_model(model, fdata, Path(retrain), log)
+        how = f"a model trained on the feature part alone, {time.perf_counter() - t1:.0f}s"
+    else:
+        fit_model = folded_users(model, users, *history) if foldin else model
+        how = (f"folded in from their feature part in {time.perf_counter() - t1:.0f}s" if foldin
+               else "served vectors, which saw the labels")
     fit_funnel = Funnel(fit_model, history=history, filters={"default": ffilt})
     lists = candidate_lists(fit_funnel, query, users, held)
     rankers = {flag: fit_ranker(fit_funnel, lists, dict(value or VALUE), epochs=epochs, distill=False, seed=seed,

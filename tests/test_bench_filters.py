@@ -195,3 +195,24 @@ def test_ranker_orders_the_blend_and_the_table_changes_nothing(bench_blend, smal
         value = ranker.values(funnel.features.full(np.full(len(blend), u), blend.items))
         want = blend.items[np.lexsort((blend.items, -value))]  # the ranker's values, best first, ties by item
         np.testing.assert_array_equal(ranked, want)
+
+
+def test_feature_model_trains_on_the_feature_part_alone_and_is_reused(bench_blend, small_model, tmp_path):
+    import numpy as np
+
+    from blend_rank import feature_model, feature_part
+    ds, model = small_model
+    part, hold = feature_part(ds, seed=0)
+    said = []
+    m = feature_model(model, part, tmp_path / "fm", said.append)
+    e = m.train_edges
+    kept = part.split("train")
+    assert len(e["src"]) == len(kept.src) < len(ds.split("train").src)  # the held-out labels are not in it
+    assert m.config.model_dump() == model.config.model_dump()
+    again = feature_model(model, part, tmp_path / "fm", said.append)
+    assert said and "reusing" in said[-1]
+    np.testing.assert_array_equal(again.vectors("item").numpy(), m.vectors("item").numpy())
+    other, _ = feature_part(ds, seed=1)
+    said.clear()
+    fresh = feature_model(model, other, tmp_path / "fm", said.append)
+    assert not said and len(fresh.train_edges["src"]) == len(other.split("train").src)  # retrained in place
