@@ -200,8 +200,8 @@ def main() -> None:
                                   value=json.loads(a.value), foldin=a.ranker_foldin, seed=a.seed,
                                   source_features=(False, True), feature_set=a.ranker_features,
                                   labels=a.ranker_labels, wide=a.ranker_wide,
-                                  retrain=(b.work / f"ranker-model-{a.ranker_labels}-s{a.seed}") if a.ranker_retrain
-                                  else None)
+                                  retrain=(b.work / f"ranker-model-{a.ranker_labels}-s{a.seed}-m{model.config.seed}")
+                                  if a.ranker_retrain else None)
         rankers = {"default": fitted[False], "sources": fitted[True]}
         queries["blend + ranker"] = q.rank(keep=[width], stages=["final"])
         queries["blend + ranker, source ranks"] = q.rank(ranker="sources", keep=[width], stages=["final"])

@@ -82,16 +82,17 @@ def folded_users(model, users: np.ndarray, src: np.ndarray, dst: np.ndarray, rel
 
 
 def feature_model(model, fdata: Dataset, out: Path, log: Callable[[str], None] = print):
-    """A model of ``model``'s configuration trained on ``fdata`` into ``out``, or the one already there when its
-    recorded training edges are ``fdata``'s (same count and digest)."""
+    """A model of ``model``'s configuration trained on ``fdata`` into ``out``, or the one already there when it
+    was trained with the same configuration on the same edges (digests recorded in ``out``.json)."""
     tr = fdata.split("train")
-    digest = hashlib.sha256(np.stack([tr.src, tr.dst, tr.rel]).astype(np.int64).tobytes()).hexdigest()[:16]
-    stamp = out / "feature_part.json"
-    if (out / "model.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()).get("edges") == digest:
-        log(f"ranker: reusing the feature-part model in {out}")
+    key = {"edges": hashlib.sha256(np.stack([tr.src, tr.dst, tr.rel]).astype(np.int64).tobytes()).hexdigest()[:16],
+           "config": hashlib.sha256(model.config.model_dump_json().encode()).hexdigest()[:16]}
+    stamp = out.with_name(out.name + ".json")  # beside the model directory, whose files are checksummed
+    if (out / "model.json").is_file() and stamp.is_file() and json.loads(stamp.read_text()) == key:
+        log(f"ranker: reusing the feature-part model {out.name}")
         return MixtureModel.load(out)
     trained = train(fdata, model.config, out, progress=False)
-    stamp.write_text(json.dumps({"edges": digest}))
+    stamp.write_text(json.dumps(key))
     return trained
 
 

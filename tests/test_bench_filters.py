@@ -198,6 +198,8 @@ def test_ranker_orders_the_blend_and_the_table_changes_nothing(bench_blend, smal
 
 
 def test_feature_model_trains_on_the_feature_part_alone_and_is_reused(bench_blend, small_model, tmp_path):
+    import dataclasses
+
     import numpy as np
 
     from blend_rank import feature_model, feature_part
@@ -216,3 +218,8 @@ def test_feature_model_trains_on_the_feature_part_alone_and_is_reused(bench_blen
     said.clear()
     fresh = feature_model(model, other, tmp_path / "fm", said.append)
     assert not said and len(fresh.train_edges["src"]) == len(other.split("train").src)  # retrained in place
+    reseeded = dataclasses.replace(model, config=model.config.with_overrides({"seed": 7}))
+    feature_model(reseeded, other, tmp_path / "fm", said.append)
+    assert not said  # another configuration on the same edges: trained afresh
+    feature_model(reseeded, other, tmp_path / "fm", said.append)
+    assert said and "reusing" in said[-1]
