@@ -78,9 +78,7 @@ class FeatureTables:
         users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
         u = (self.user_comp[users] * self.user_w[users][:, :, None]).sum(1)
         v = (self.item_comp[items] * self.item_w[items][:, :, None]).sum(1)
-        best, mixed = self.cosines(users, items)
-        pop, act, ui = self.counts(users, items)
-        return np.concatenate([u, v, u * v, best[:, None], mixed[:, None], pop, act, ui], 1).astype(np.float32)
+        return np.concatenate([u, v, u * v, self.scalar(users, items)], 1).astype(np.float32)
 
     def scalar(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """(n, 2 + 3R) float32: the full features without the embeddings (cosines and counts)."""
