@@ -17,7 +17,7 @@ from mixrec.evaluate.labels import ItemLabels
 from mixrec.funnel import diversify as div
 from mixrec.funnel.features import FeatureTables
 from mixrec.funnel.query import Query, QueryError, Step
-from mixrec.funnel.rank import FunnelRanker, ranking_features
+from mixrec.funnel.rank import FunnelRanker
 from mixrec.funnel.sources import CandidateSet, from_candidates, history_csr, two_hop_source
 from mixrec.funnel.walk import BipartiteGraph
 from mixrec.index import ComponentIndex
@@ -250,9 +250,7 @@ class Funnel:
             users = np.full(len(cs), user, np.int64)
             if len(cs) == 0:
                 break
-            feature_set = "light" if stage == "first_pass" else ranker.feature_set
-            x = ranking_features(self.features.of(feature_set, users, cs.items),
-                                 cs.rank_in if ranker.source_features else None)
+            x = ranker.inputs(stage, self.features, users, cs.items, cs.rank_in)
             if stage == "first_pass":
                 scores = ranker.first_pass.score(x)
             elif stage == "second_pass":

@@ -16,6 +16,7 @@ import numpy as np
 
 
 FEATURE_SETS = ("full", "scalar", "light")
+RANKER_FEATURE_SETS = ("full", "scalar")  # what a final ranker (and its second pass) may read
 
 
 @dataclass

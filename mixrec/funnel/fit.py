@@ -16,7 +16,8 @@ import numpy as np
 from mixrec.data.split import holdout_mask
 from mixrec.funnel.engine import Funnel
 from mixrec.funnel.query import Query
-from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, ranking_features, train_multitask
+from mixrec.funnel.features import RANKER_FEATURE_SETS
+from mixrec.funnel.rank import FunnelRanker, ValueModel, distill_first_pass, stage_inputs, train_multitask
 from mixrec.funnel.sources import SOURCES
 
 
@@ -103,12 +104,12 @@ def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, f
         raise ValueError("source_features needs lists with rank_in (built by candidate_lists)")
     if wide and not source_features:
         raise ValueError("wide reads the sources' ranks: give source_features=True with it")
-    if feature_set not in ("full", "scalar"):
-        raise ValueError(f"feature_set must be 'full' or 'scalar', got {feature_set!r}")
-    extra = lists.rank_in if source_features else None
-    x = ranking_features(funnel.features.of(feature_set, users, lists.items), extra)
+    if feature_set not in RANKER_FEATURE_SETS:
+        raise ValueError(f"feature_set must be one of {RANKER_FEATURE_SETS}, got {feature_set!r}")
+    x = stage_inputs(funnel.features, "final", users, lists.items, lists.rank_in, feature_set=feature_set,
+                     source_features=source_features)
     final = train_multitask(x, lists.labels, funnel.relations, hidden=hidden, epochs=epochs, seed=seed,
-                            wide=extra.shape[1] if wide else 0)
+                            wide=lists.rank_in.shape[1] if wide else 0)
     ranker = FunnelRanker(final, ValueModel(dict(value_weights)),
                           info={"rows": int(len(users)), "users": int(len(lists.users)),
                                 "positives": {r: int(lists.labels[:, i].sum())
@@ -116,7 +117,7 @@ def fit_ranker(funnel: Funnel, lists: CandidateLists, value_weights: dict[str, f
                           source_features=source_features, feature_set=feature_set)
     if distill:
         teacher = ranker.values(x)
-        light = ranking_features(funnel.features.light(users, lists.items), extra)
+        light = ranker.inputs("first_pass", funnel.features, users, lists.items, lists.rank_in)
         xl, mask = lists.padded(light, min(max_list, int(np.diff(lists.offsets).max(initial=1))))
         tv, _ = lists.padded(teacher, xl.shape[1])
         ranker.first_pass = distill_first_pass(xl, tv, mask, epochs=distill_epochs, seed=seed)

@@ -109,9 +109,13 @@ class ValueModel:
         return np.asarray(probs, np.float64) @ self.vector(relations)
 
 
-def ranking_features(x: np.ndarray, rank_in: np.ndarray | None) -> np.ndarray:
-    """A stage's feature rows, followed by the candidates' per-source reciprocal ranks when given."""
-    return x if rank_in is None else np.concatenate([x, rank_in.astype(np.float32)], 1)
+def stage_inputs(features, stage: str, users: np.ndarray, items: np.ndarray, rank_in: np.ndarray | None, *,
+                 feature_set: str, source_features: bool) -> np.ndarray:
+    """What ranking ``stage`` reads for each (user, item): the light set for the first pass, ``feature_set``
+    otherwise (a :class:`~mixrec.funnel.features.FeatureTables` set), followed by the candidates'
+    per-source reciprocal ranks ``rank_in`` when ``source_features``. Training and serving both call this."""
+    x = features.of("light" if stage == "first_pass" else feature_set, users, items)
+    return np.concatenate([x, rank_in.astype(np.float32)], 1) if source_features else x
 
 
 def _minibatches(n: int, batch: int, epochs: int, seed: int):
@@ -216,6 +220,12 @@ class FunnelRanker:
     @property
     def relations(self) -> list[str]:
         return self.final.relations
+
+    def inputs(self, stage: str, features, users: np.ndarray, items: np.ndarray,
+               rank_in: np.ndarray | None) -> np.ndarray:
+        """What ``stage`` of this ranker reads (:func:`stage_inputs` with its feature set and source ranks)."""
+        return stage_inputs(features, stage, users, items, rank_in, feature_set=self.feature_set,
+                            source_features=self.source_features)
 
     def values(self, x_full: np.ndarray) -> np.ndarray:
         return self.value(self.final.probs(x_full), self.relations)
