@@ -19,10 +19,11 @@ Ordered lists: HR@10 and NDCG@10 of the blend in its own order (reciprocal-rank 
 candidate), fitted as bench/funnel.py fits it (bench/blend_rank.py) on ``--ranker-users`` seeded
 training users (``--ranker-labels one``: one held-out target edge per user instead of ~10% of every
 relation's; ``--ranker-features scalar``: no embedding inputs; ``--ranker-wide``: the source-rank ranker
-also gets a linear path from the log ranks to its heads), whose vectors are folded in from the
-feature part (the served model saw the held-out
-labels; ``--no-ranker-foldin`` keeps them), once on its features alone and once also reading each candidate's
-reciprocal rank in every source's list (``source_features``); the graph source's own top 10 is the reference. Latency
+also gets a linear path from the log ranks to its heads), whose vectors are folded in from the feature
+part (the served model saw the held-out labels; ``--no-ranker-foldin`` keeps them; ``--ranker-retrain``
+fits the ranker on a model trained on the feature part alone, since folding in leaves the item vectors
+that saw the labels), once on its features alone and once also reading each candidate's reciprocal rank
+in every source's list (``source_features``); the graph source's own top 10 is the reference. Latency
 per user (p50/p99, in process, one user at a time, one thread as the server runs queries; elapsed and
 the thread's CPU time, which a busy machine does not inflate) of every query with the table and with
 the graph source computed, in rotating order per user; the run stops if the table changes any user's
@@ -55,6 +56,7 @@ from mixrec.filters import base as filter_base  # noqa: E402
 from mixrec.filters import load_filter, make_filter  # noqa: E402
 from mixrec.funnel import Funnel, Query  # noqa: E402
 from mixrec.funnel.contrib import as_table, contributions  # noqa: E402
+from mixrec.funnel.features import RANKER_FEATURE_SETS  # noqa: E402
 from mixrec.funnel.sources import SOURCE_CODE, graph_source  # noqa: E402
 from mixrec.model.mixture import MixtureModel  # noqa: E402
 from mixrec.serve.server import configure_threads  # noqa: E402
@@ -160,7 +162,7 @@ def main() -> None:
     p.add_argument("--ranker", action="store_true", help="also order the blend with the funnel's ranker")
     p.add_argument("--ranker-users", type=int, default=1000, help="seeded training users the ranker learns from")
     p.add_argument("--ranker-epochs", type=int, default=3)
-    p.add_argument("--ranker-features", default="full", choices=["full", "scalar"],
+    p.add_argument("--ranker-features", default="full", choices=list(RANKER_FEATURE_SETS),
                    help="the ranker's features: with the embeddings, or cosines and counts only")
     p.add_argument("--ranker-retrain", action="store_true",
                    help="fit the ranker on a model trained on its feature part alone (WORK/ranker-model-...) "
