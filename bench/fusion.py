@@ -10,6 +10,11 @@ for one user). Protocol as bench/filters.py: the grid of (w, offset) is scored o
 on that split, 3,000 seeded users); the chosen point is then scored once on the test split with the filter
 refitted on train + valid and the refit model, ALL test users, training items excluded (bench/quality.py's
 Bench). Prints each source alone and the fusion, and the fusion's ratio to the better source.
+
+``--ranker-folds K`` (K >= 2) also orders the union of the two lists with the funnel's ranker
+(bench/fusion_rank.py: ranks, scores and degrees as features): K-fold over the validation users against the
+chosen fusion on the same held-out users, then fitted on every validation user (whose lists come from
+sources that never saw the validation edges) and applied once to the test lists of the refitted sources.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import fusion_rank  # noqa: E402
 from filters import ANCHORS, relations_of, validation  # noqa: E402
 from quality import DATASETS, Bench  # noqa: E402
 
@@ -50,7 +56,7 @@ def filter_lists(b: Bench, kind: str, params: dict, fit_data, users: np.ndarray,
                                      users.tolist()], sort_keys=True).encode()).hexdigest()[:16]
     path = None if cache is None else cache / f"{b.name}-{kind}-{key}.npy"
     if path is not None and path.is_file():
-        return np.load(path, allow_pickle=False), {"filter_cached": str(path)}
+        return np.load(path, allow_pickle=False), {"filter_cached": path.name}
     t0 = time.perf_counter()
     filt = make_filter(kind, **params).fit(fit_data, relations=relations_of(b, kind), target=b.target)
     t1 = time.perf_counter()
@@ -74,6 +80,36 @@ def source_lists(b: Bench, kind: str, params: dict, model: MixtureModel, fit_dat
     return f_top, m_top, {**times, "model_score_s": t3 - t2}
 
 
+def degrees(data, b: Bench) -> tuple[np.ndarray, np.ndarray]:
+    """(item, user) training degrees of ``data``'s train split."""
+    tr = data.split("train")
+    return np.bincount(tr.dst, minlength=b.n_items), np.bincount(tr.src, minlength=b.n_users)
+
+
+def ranker_on_validation(a, b: Bench, fit_data, vusers, vtruth, f_top, m_top, chosen: dict, select):
+    """K-fold figures of the ranker against the chosen fusion on the validation users, and the ranker
+    fitted on all of them."""
+    k = b.spec["k"]
+    u = fusion_rank.union_features(f_top, m_top, select, vusers, *degrees(fit_data, b))
+    y = fusion_rank.labels_of(u, vtruth)
+    fused = rank_fusion([f_top, m_top], [1.0, chosen["w"]], k, chosen["offset"]).items
+    cv = []
+    for i, held in enumerate(fusion_rank.folds(len(vusers), a.ranker_folds)):
+        rest = np.setdiff1d(np.arange(len(vusers)), held)
+        top = fusion_rank.ranked(fusion_rank.fit(u, y, rest, a.ranker_epochs), u, k)
+        sub = (np.r_[0, np.cumsum(np.diff(vtruth[0])[held])],
+               np.concatenate([vtruth[1][vtruth[0][r]:vtruth[0][r + 1]] for r in held]))
+        got = {name: ranking_metrics(t[held], *sub, [k])[f"recall@{k}"] for name, t in (("ranker", top), ("fusion", fused))}
+        cv.append(got)
+        print(f"  valid fold {i}: {len(held):,} users, ranker recall@{k}={got['ranker']:.4f}, "
+              f"fusion {got['fusion']:.4f}", flush=True)
+    mean = {n: float(np.mean([c[n] for c in cv])) for n in ("ranker", "fusion")}
+    print(f"  valid {a.ranker_folds}-fold mean: ranker {mean['ranker']:.4f}, fusion {mean['fusion']:.4f} "
+          f"({mean['ranker'] / mean['fusion']:.3f}x); {u.items.shape[1]} candidates at most per user, features "
+          f"{', '.join(fusion_rank.FEATURES)}", flush=True)
+    return fusion_rank.fit(u, y, np.arange(len(vusers)), a.ranker_epochs), {"folds": cv, "mean": mean}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", default="gowalla", choices=list(DATASETS))
@@ -86,8 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"))
     p.add_argument("--cache", default=str(ROOT / "runs" / "fusion-cache"),
                    help="folder for the filter's lists (reused by runs with another model); '' for none")
+    p.add_argument("--ranker-folds", type=int, default=0,
+                   help="also order the union with the funnel's ranker, checked by K-fold on validation (0: off)")
+    p.add_argument("--ranker-epochs", type=int, default=5)
     p.add_argument("--rows", default=None, help="write the figures as JSON")
     a = p.parse_args(argv)
+    if a.ranker_folds == 1 or a.ranker_folds < 0:
+        raise SystemExit("--ranker-folds: give 0 (off) or K >= 2")
     params = json.loads(a.params)
     b = Bench(a.dataset, Path(a.work))
     k = b.spec["k"]
@@ -115,12 +156,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  valid {t['source']:<7} w={t['w']} offset={t['offset']}: {metric}={t['valid']:.4f}", flush=True)
     best = max((t for t in trials if t["source"] == "fusion"), key=lambda t: t["valid"])
     print(f"chosen: w={best['w']} offset={best['offset']} (valid {best['valid']:.4f})", flush=True)
+    ranker = None
+    if a.ranker_folds:
+        ranker, cv = ranker_on_validation(a, b, fit_data, vusers, vtruth, f_top, m_top, best, MixtureModel.load(select))
+        best = {**best, "ranker_cv": cv}
 
     f_top, m_top, t_test = source_lists(b, a.kind, params, MixtureModel.load(model_dir), b.eval_data, b.users,
                                         a.depth, cache)
     fused = rank_fusion([f_top, m_top], [1.0, best["w"]], max(b.spec["ks"]), best["offset"]).items
-    rows = {name: b.score_topk(top, f"fusion-{name}") for name, top in
-            (("filter", f_top), ("model", m_top), ("fusion", fused))}
+    lists = [("filter", f_top), ("model", m_top), ("fusion", fused)]
+    if ranker is not None:
+        u = fusion_rank.union_features(f_top, m_top, MixtureModel.load(model_dir), b.users,
+                                       *degrees(b.eval_data, b))
+        lists.append(("ranker", fusion_rank.ranked(ranker, u, max(b.spec["ks"]))))
+    rows = {name: b.score_topk(top, f"fusion-{name}") for name, top in lists}
     anchor, value = ANCHORS[a.dataset][0], ANCHORS[a.dataset][1]
     for name, m in rows.items():
         extra = f"  {m[metric] / value:.3f}x {anchor}" if anchor else ""
