@@ -62,6 +62,8 @@ MODELS = {
                                   "init.user_components": "clusters"},
     "mixture 4x64 cluster init": {"components.user": 4, "components.item": 1, "dim": 64,
                                   "init.user_components": "clusters"},
+    "mixture 2x128 cluster init": {"components.user": 2, "components.item": 1, "dim": 128,
+                                   "init.user_components": "clusters"},
     "mixture 4x64 soft routing": {"components.user": 4, "components.item": 1, "dim": 64, "routing": "soft"},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
