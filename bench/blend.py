@@ -52,6 +52,7 @@ from blend_rank import LABELS, VALUE, fit_blend_ranker, list_metrics, percentile
 from quality import DATA, DATASETS, Bench  # noqa: E402
 
 from mixrec.config import Config  # noqa: E402
+from mixrec.csr import csr_from_pairs, csr_rows  # noqa: E402
 from mixrec.filters import base as filter_base  # noqa: E402
 from mixrec.filters import load_filter, make_filter  # noqa: E402
 from mixrec.funnel import Funnel, Query  # noqa: E402
@@ -223,9 +224,7 @@ def report(a, b: Bench, filt, users: np.ndarray, lists: dict, lat: dict, times: 
     for s, n in enumerate(NAMES):
         remap |= ((via >> SOURCE_CODE[n]) & 1) << s
     rows = np.searchsorted(b.users, users)
-    indptr, t_items = b.truth
-    truth = (np.r_[0, np.cumsum(indptr[rows + 1] - indptr[rows])],
-             np.concatenate([t_items[indptr[r]:indptr[r + 1]] for r in rows]))
+    truth = csr_from_pairs(*csr_rows(*b.truth, rows), len(rows))
     stats = contributions(items, remap, NAMES, truth)
     n, width = len(users), sum(a.quotas)
     table = f"top-{filt.table.k} table of {filt.n_users:,} users in {times['table_s']:.1f}s"

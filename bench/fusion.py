@@ -35,6 +35,7 @@ import fusion_rank  # noqa: E402
 from filters import ANCHORS, relations_of, validation  # noqa: E402
 from quality import DATASETS, Bench  # noqa: E402
 
+from mixrec.csr import csr_rows  # noqa: E402
 from mixrec.evaluate.exact import exact_topk  # noqa: E402
 from mixrec.evaluate.metrics import csr_from_pairs, ranking_metrics  # noqa: E402
 from mixrec.filters import make_filter  # noqa: E402
@@ -97,8 +98,7 @@ def ranker_on_validation(a, b: Bench, fit_data, vusers, vtruth, f_top, m_top, ch
     for i, held in enumerate(fusion_rank.folds(len(vusers), a.ranker_folds)):
         rest = np.setdiff1d(np.arange(len(vusers)), held)
         top = fusion_rank.ranked(fusion_rank.fit(u, y, rest, a.ranker_epochs), u, k)
-        sub = (np.r_[0, np.cumsum(np.diff(vtruth[0])[held])],
-               np.concatenate([vtruth[1][vtruth[0][r]:vtruth[0][r + 1]] for r in held]))
+        sub = csr_from_pairs(*csr_rows(*vtruth, held), len(held))
         got = {name: ranking_metrics(t[held], *sub, [k])[f"recall@{k}"] for name, t in (("ranker", top), ("fusion", fused))}
         cv.append(got)
         print(f"  valid fold {i}: {len(held):,} users, ranker recall@{k}={got['ranker']:.4f}, "

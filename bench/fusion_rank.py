@@ -44,10 +44,11 @@ def union_features(f_top: np.ndarray, m_top: np.ndarray, model, users: np.ndarra
     rank[:, k:, 1] = np.arange(1, m_top.shape[1] + 1)
     row = np.repeat(np.arange(n_u), items.shape[1])
     ok = items.reshape(-1) >= 0
-    key, inv = np.unique(row[ok] * (int(items.max()) + 1) + items.reshape(-1)[ok], return_inverse=True)
+    span = int(items.max()) + 1  # row * span + item: one key per (user, item)
+    key, inv = np.unique(row[ok] * span + items.reshape(-1)[ok], return_inverse=True)
     best = np.full((len(key), 2), absent)
     np.minimum.at(best, inv.reshape(-1), rank.reshape(-1, 2)[ok])
-    u_of, it_of = key // (int(items.max()) + 1), key % (int(items.max()) + 1)
+    u_of, it_of = key // span, key % span
     lens = np.bincount(u_of, minlength=n_u)
     col = np.arange(len(key)) - np.repeat(np.r_[0, np.cumsum(lens)[:-1]], lens)
     width = int(lens.max(initial=1))
