@@ -64,6 +64,8 @@ MODELS = {
                                   "init.user_components": "clusters"},
     "mixture 2x128 cluster init": {"components.user": 2, "components.item": 1, "dim": 128,
                                    "init.user_components": "clusters"},
+    "mixture 4x128 cluster init": {"components.user": 4, "components.item": 1, "dim": 128,
+                                   "init.user_components": "clusters"},
     "mixture 4x64 soft routing": {"components.user": 4, "components.item": 1, "dim": 64, "routing": "soft"},
     "mixture 4x16 (items 4x16)": {"components.user": 4, "components.item": 4, "dim": 16},
 }
@@ -367,7 +369,9 @@ def main() -> None:
         print(f"collected {len(rows)} rows into {a.rows}")
         return
     if a.merge:
-        rows = [r for f in a.merge for r in json.loads(Path(f).read_text())]
+        from quality_doc import dedup_baselines
+
+        rows = dedup_baselines([r for f in a.merge for r in json.loads(Path(f).read_text())])
         write_doc(Path(a.out), rows, [command] + sorted({r.get("command", "") for r in rows} - {""}), None,
                   title=a.title)
         return

@@ -54,6 +54,25 @@ def table(rows: list[dict], ratio_to: str | None) -> list[str]:
     return out
 
 
+BASELINES = ("popularity", "ALS")
+
+
+def dedup_baselines(rows: list[dict]) -> list[dict]:
+    """``rows`` without repeats of a baseline row: each row file of a merge recomputes popularity and ALS, so
+    a baseline row whose dataset, model, variant, protocol, ranking and metrics equal an earlier row's is
+    dropped (the first is kept where it stands); every other row, and a baseline whose figures differ, stays."""
+    seen, out = set(), []
+    for r in rows:
+        if str(r["model"]).startswith(BASELINES):
+            key = (r["dataset"], r["model"], r.get("variant"), r.get("protocol"), r["ranking"],
+                   tuple(sorted((k, round(float(v), 6)) for k, v in r["metrics"].items())))
+            if key in seen:
+                continue
+            seen.add(key)
+        out.append(r)
+    return out
+
+
 def write_doc(out: Path, rows: list[dict], commands: list[str], seconds: float | None,
               title: str | None = None) -> None:
     """Write ``out`` (tables) and PNG plots next to it (``<stem>/``)."""

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mixrec.model.mixture import MixtureModel  # noqa: E402
 from mixrec.train.sampler import make_batches, training_edges  # noqa: E402
 from mixrec.train.step import batch_loss, rowwise_adagrad_, train_step  # noqa: E402
-from train_speed import ROOT, build_graph, load_dataset, mixrec_config  # noqa: E402
+from train_speed import DEFAULT_SHAPES, ROOT, build_graph, load_dataset, mixrec_config, parse_shapes  # noqa: E402
 
 
 def autograd_step(batch, tables, states, cfg) -> float:
@@ -75,7 +75,10 @@ def main() -> None:
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS), help="step paths to time")
     ap.add_argument("--kernels", action="store_true",
                     help="name each compiled kernel in the compiled path's profile (inductor's kernel profile)")
+    ap.add_argument("--shapes", nargs="+", default=[], metavar="MODEL=CSxCDxDIM",
+                    help="with --defaults, other shapes (bench/train_speed.py --shapes), e.g. mixture=2x1x128")
     args = ap.parse_args()
+    DEFAULT_SHAPES.update(parse_shapes(args.shapes))
     torch.set_num_threads(1)
     if args.kernels:
         import torch._inductor.config as inductor_config

@@ -54,6 +54,19 @@ DIM, BATCH, NEGS, K = 64, 1000, (50, 50), 10
 DEFAULT_SHAPES = {"single": (1, 1, 64), "mixture": (4, 1, 32)}
 
 
+def parse_shapes(specs: list[str]) -> dict[str, tuple[int, int, int]]:
+    """``["single=1x1x128", ...]`` -> ``{"single": (1, 1, 128)}``; an unknown model or a bad shape raises."""
+    out = {}
+    for spec in specs:
+        model, _, shape = spec.partition("=")
+        parts = shape.split("x")
+        if model not in DEFAULT_SHAPES or len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise SystemExit(f"--shapes {spec!r}: expected MODEL=CSxCDxDIM with MODEL in {list(DEFAULT_SHAPES)} "
+                             "and three positive integers, e.g. mixture=2x1x128")
+        out[model] = tuple(int(p) for p in parts)
+    return out
+
+
 # --------------------------------------------------------------------- the graph
 def build_graph(work: Path, seed: int = 0) -> Path:
     """Write the shared graph (npy + counts.json) once; returns its folder."""
@@ -236,6 +249,8 @@ def run_all(args) -> dict:
     report = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": _machine(),
               "graph": json.loads((graph / "counts.json").read_text()), "epochs": args.epochs,
               "workers": args.workers, "repeats": args.repeats, "runs": {}}
+    if args.defaults:
+        report["shapes"] = {m: "x".join(map(str, DEFAULT_SHAPES[m])) for m in args.models}
     pbg_py = ensure_pbg(work / "pbg-venv") if args.pbg else None
     systems = {model: _systems(args, model, work, pbg_py) for model in args.models}
     # alternate the systems (and, with --interleave, the models) so that load from others hits all alike
@@ -269,7 +284,8 @@ def run_all(args) -> dict:
 def _systems(args, model: str, work: Path, pbg_py: Path | None) -> list[tuple[str, list[str], dict | None]]:
     """The (name, command, environment) of every system trained for one model shape."""
     cmd = [sys.executable, __file__, "--child", model, "--work", str(work), "--epochs", str(args.epochs),
-           "--device", args.device] + ["--defaults"] * args.defaults
+           "--device", args.device] + ["--defaults"] * args.defaults + \
+        (["--shapes", *args.shapes] if args.shapes else [])
     systems = [("mixrec", cmd + ["--workers", str(args.workers)], None)]
     if args.scaling:
         systems.append(("mixrec-1worker", cmd + ["--workers", "1", "--name", "mixrec-1worker"], None))
@@ -297,7 +313,8 @@ def _machine() -> dict:
 
 def print_report(rep: dict) -> None:
     runs = rep["runs"]
-    print(f"\n{rep['date']}  graph {rep['graph']}  epochs {rep['epochs']}  workers {rep['workers']}")
+    shapes = f"  shapes {rep['shapes']}" if rep.get("shapes") else ""
+    print(f"\n{rep['date']}  graph {rep['graph']}  epochs {rep['epochs']}  workers {rep['workers']}{shapes}")
     print(f"{'run':<24}{'edges/s':>11}{'edges/CPU-s':>13}{'peak PSS MiB':>14}{'MRR':>8}{'R@10':>8}{'process s':>11}")
     for name, r in runs.items():
         print(f"{name:<24}{r['edges_per_s']:>11,.0f}{r['edges_per_cpu_s']:>13,.0f}"
@@ -375,7 +392,11 @@ def main() -> None:
     ap.add_argument("--routing", nargs="*", default=[], choices=["soft", "hard"],
                     help="also train the mixture with these routings (config routing=...)")
     ap.add_argument("--routing-child", default="none", help=argparse.SUPPRESS)
+    ap.add_argument("--shapes", nargs="+", default=[], metavar="MODEL=CSxCDxDIM",
+                    help="with --defaults, other shapes than single=1x1x64 mixture=4x1x32, e.g. single=1x1x128 "
+                         "mixture=2x1x128 (source components x destination components x dim)")
     args = ap.parse_args()
+    DEFAULT_SHAPES.update(parse_shapes(args.shapes))
     if args.child:
         mixrec_child(args.work, args.child, args.epochs, args.workers, args.device, args.name, args.compile,
                      args.loss, args.defaults, args.routing_child)

@@ -204,14 +204,16 @@ def _max_with_grad(flat: Tensor, lo: int, **_) -> tuple[Tensor, Tensor]:
 
 def _smoothmax_with_grad(flat: Tensor, lo: int, gamma: float = 0.1, inplace: bool = False,
                          **_) -> tuple[Tensor, Tensor]:
-    """p = softmax(m / gamma) as e / sum e, e = exp((m - max) / gamma): one buffer of m's size (the reductions
-    over the short component axis leave (..., 1, ...) tensors); ``inplace`` writes the derivative into ``flat``."""
-    e = (flat - flat.amax(lo, keepdim=True)).mul_(1.0 / gamma).exp_()
-    inv_tot = e.sum(lo, keepdim=True).reciprocal_()
-    s = _dot_along(flat, e, lo).mul_(inv_tot)  # sum p * m, keepdim
-    # p * (1 + (m - s) / gamma) = (m - (s - gamma)) * e / (gamma * sum e)
-    grad = flat.sub_(s - gamma) if inplace else flat - (s - gamma)
-    return s.squeeze(lo), grad.mul_(e).mul_(inv_tot.mul_(1.0 / gamma))
+    """With t = m / gamma and p = softmax(t): pooled s = gamma * sum p t, derivative p (1 + t - s / gamma).
+
+    One fused softmax pass and one buffer of m's size besides ``p`` (the reductions over the short component
+    axis leave (..., 1, ...) tensors); ``inplace`` scales ``flat`` in place and writes the derivative there.
+    """
+    t = flat.mul_(1.0 / gamma) if inplace else flat * (1.0 / gamma)
+    p = torch.softmax(t, lo)
+    u = _dot_along(t, p, lo)  # s / gamma, keepdim
+    grad = t.sub_(u.sub(1.0)).mul_(p)
+    return u.squeeze(lo).mul_(gamma), grad
 
 
 def _dot_along(a: Tensor, b: Tensor, axis: int) -> Tensor:
