@@ -343,3 +343,39 @@ def test_the_index_built_from_a_freshly_trained_model_is_reused_after_loading(pl
         again = Retriever(loaded).recommend(np.arange(20), k=10)
     assert "rebuilding" not in caplog.text and saved.stat().st_mtime_ns == stamp
     np.testing.assert_array_equal(again.items, first.items)
+
+
+def test_a_report_written_into_the_model_directory_is_not_part_of_the_model(model_dir, tmp_path):
+    """Checksums cover the model's artifacts only: an evaluation report saved beside them and rewritten after a
+    re-save must not make the model unloadable, while a changed artifact still is refused."""
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    (m / "evaluation.json").write_text('{"recall@20": 0.1}')
+    (m / "notes").mkdir()
+    (m / "notes" / "run.txt").write_text("first run")
+    MixtureModel.load(m).save(m)  # a re-save (resume, reweighting) with the foreign files present
+    assert set(json.loads((m / "model.json").read_text())["checksums"]) == {
+        str(p.relative_to(m)) for p in m.rglob("*") if p.is_file()
+        and p.relative_to(m).parts[0] in ("embeddings", "ids", "train", "weights", "config.toml")}
+    (m / "evaluation.json").write_text('{"recall@20": 0.2}')
+    (m / "notes" / "run.txt").write_text("second run")
+    MixtureModel.load(m)
+    (m / "weights" / "all" / "user.npy").write_bytes(b"corrupt")
+    with pytest.raises(ValueError, match="checksum"):
+        MixtureModel.load(m)
+
+
+def test_a_manifest_that_lists_a_foreign_file_still_loads_when_that_file_changes(model_dir, tmp_path):
+    """Manifests written before the artifact list (they hashed every file, reports included) verify the
+    artifacts and ignore the rest."""
+    m = tmp_path / "m"
+    shutil.copytree(model_dir, m)
+    (m / "evaluation.json").write_text('{"recall@20": 0.1}')
+    meta = json.loads((m / "model.json").read_text())
+    meta["checksums"]["evaluation.json"] = "0" * 64
+    (m / "model.json").write_text(json.dumps(meta))
+    MixtureModel.load(m)
+    meta["checksums"]["embeddings/user.npy"] = "0" * 64
+    (m / "model.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="checksum"):
+        MixtureModel.load(m)

@@ -169,6 +169,8 @@ class MixtureModel:
         if verify:
             for rel, digest in meta["checksums"].items():
                 f = path / rel
+                if not _is_artifact(path, f):  # older manifests hashed every file, reports beside the model too
+                    continue
                 if not f.is_file() or sha256(f) != digest:
                     raise ValueError(f"{f}: missing or modified since the model was saved (checksum mismatch); "
                                      "retrain or restore the model directory")
@@ -218,6 +220,11 @@ def write_manifest(path: Path, config: Config, entities: dict[str, tuple[int, in
     })
 
 
+ARTIFACTS = ("config.toml", "embeddings", "ids", "train", "weights")  # what model.json's checksums cover
+
+
 def _is_artifact(root: Path, p: Path) -> bool:
+    """Part of the model: the config and the files under its four folders. The checkpoint, the index
+    (rebuilt when stale) and anything else saved in the directory, such as an evaluation report, are not."""
     rel = p.relative_to(root).parts
-    return rel[0] not in ("checkpoint", "index", "model.json") and not p.name.startswith(".")
+    return bool(rel) and rel[0] in ARTIFACTS and not p.name.startswith(".")
