@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.dataset}: {len(vusers):,} validation users, {len(b.users):,} test users; {a.kind} {params}; "
           f"model {model_dir.name}", flush=True)
     cache = Path(a.cache) if a.cache else None
-    f_top, m_top, t_val = source_lists(b, a.kind, params, MixtureModel.load(select), fit_data, vusers, a.depth, cache)
+    select_model = MixtureModel.load(select)
+    f_top, m_top, t_val = source_lists(b, a.kind, params, select_model, fit_data, vusers, a.depth, cache)
 
     def val(top):
         return ranking_metrics(top, vtruth[0], vtruth[1], [k])[metric]
@@ -158,15 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"chosen: w={best['w']} offset={best['offset']} (valid {best['valid']:.4f})", flush=True)
     ranker = None
     if a.ranker_folds:
-        ranker, cv = ranker_on_validation(a, b, fit_data, vusers, vtruth, f_top, m_top, best, MixtureModel.load(select))
+        ranker, cv = ranker_on_validation(a, b, fit_data, vusers, vtruth, f_top, m_top, best, select_model)
         best = {**best, "ranker_cv": cv}
 
-    f_top, m_top, t_test = source_lists(b, a.kind, params, MixtureModel.load(model_dir), b.eval_data, b.users,
+    model = MixtureModel.load(model_dir)
+    f_top, m_top, t_test = source_lists(b, a.kind, params, model, b.eval_data, b.users,
                                         a.depth, cache)
     fused = rank_fusion([f_top, m_top], [1.0, best["w"]], max(b.spec["ks"]), best["offset"]).items
     lists = [("filter", f_top), ("model", m_top), ("fusion", fused)]
     if ranker is not None:
-        u = fusion_rank.union_features(f_top, m_top, MixtureModel.load(model_dir), b.users,
+        u = fusion_rank.union_features(f_top, m_top, model, b.users,
                                        *degrees(b.eval_data, b))
         lists.append(("ranker", fusion_rank.ranked(ranker, u, max(b.spec["ks"]))))
     rows = {name: b.score_topk(top, f"fusion-{name}") for name, top in lists}

@@ -28,17 +28,15 @@ from mixrec.model.mixture import MixtureModel  # noqa: E402
 def split_hits(users: np.ndarray, topk: np.ndarray, test_src: np.ndarray, test_dst: np.ndarray,
                hist_src: np.ndarray, hist_dst: np.ndarray, n_items: int) -> dict[str, float]:
     """Recall of the test pairs split by whether the pair is in the history; ``topk[i]`` is ``users[i]``'s list
-    (-1 for an empty slot). Every test source must be in ``users``."""
-    pos = np.full(int(max(users.max(), test_src.max(), hist_src.max(initial=0))) + 1, -1, np.int64)
-    pos[users] = np.arange(len(users))
+    (-1 for an empty slot). Every test source must be in ``users``. Pairs are compared as keys user * n + item."""
     hist = np.unique(hist_src.astype(np.int64) * n_items + hist_dst)
     test_key = test_src.astype(np.int64) * n_items + test_dst
     repeat = np.isin(test_key, hist)
     rows = np.repeat(users.astype(np.int64), topk.shape[1])
     items = topk.reshape(-1)
-    listed = np.unique((rows * n_items + items)[items >= 0])
+    listed = (rows * n_items + items)[items >= 0]
     hit = np.isin(test_key, listed)
-    slots = np.isin((rows * n_items + items)[items >= 0], hist)
+    slots = np.isin(listed, hist)
     return {"test_pairs": int(len(test_key)), "repeat_share": float(repeat.mean()),
             "recall": float(hit.mean()),
             "recall_repeat": float(hit[repeat].mean()) if repeat.any() else float("nan"),

@@ -1,5 +1,7 @@
 """Shared fixtures: a small planted multi-interest dataset, a small typed Explore-like model and the shared real
 data folder (optional)."""
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,7 @@ from mixrec.config import Config
 from mixrec.data.ingest import build_dataset
 from mixrec.data.synthetic import SyntheticSpec, generate
 
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 EXPLORE_TRAIN = {"dim": 8, "epochs": 2, "batch_size": 256, "negatives.batch": 32, "negatives.uniform": 32,
                  "components.consumer": 2, "components.creator": 1, "components.media": 1,
@@ -57,3 +60,15 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("the shared datasets folder is not present")
     return SHARED_DATA
+
+
+def load_bench(monkeypatch, script: str):
+    """bench/<script>.py imported as a fresh module (bench/ on the path); removed from sys.modules afterwards.
+    A generator for fixtures: ``yield from load_bench(monkeypatch, "fusion")``."""
+    monkeypatch.syspath_prepend(str(BENCH))
+    name = f"bench_{script}_under_test"
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    yield mod
+    sys.modules.pop(name, None)

@@ -2,29 +2,14 @@
 route timing, its ranker and its list metrics."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load_bench(monkeypatch, script: str):
-    """bench/<script>.py imported as a fresh module (bench/ on the path); removed from sys.modules afterwards."""
-    monkeypatch.syspath_prepend(str(BENCH))
-    name = f"bench_{script}_under_test"
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{script}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop(name, None)
+from conftest import load_bench
 
 
 @pytest.fixture()
 def bench_filters(monkeypatch):
-    yield from _load_bench(monkeypatch, "filters")
+    yield from load_bench(monkeypatch, "filters")
 
 
 def test_override_replaces_values_on_their_side(bench_filters):
@@ -46,7 +31,7 @@ def test_override_refuses_bad_specs(bench_filters, spec):
 
 @pytest.fixture()
 def bench_blend(monkeypatch):
-    yield from _load_bench(monkeypatch, "blend")
+    yield from load_bench(monkeypatch, "blend")
 
 
 def _tiny_cascade():

@@ -2,26 +2,18 @@
 against a naive per-user loop."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import load_bench
 
 
 @pytest.fixture()
 def fr(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_fusion_rank_under_test", BENCH / "fusion_rank.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_fusion_rank_under_test", None)
+    yield from load_bench(monkeypatch, "fusion_rank")
 
 
 def _model(scores: np.ndarray):

@@ -1,24 +1,15 @@
 """bench/history_hits.py: recall split by whether the test item is in the user's history, against a naive loop."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import load_bench
 
 
 @pytest.fixture()
 def hh(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_history_hits_under_test", BENCH / "history_hits.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_history_hits_under_test", None)
+    yield from load_bench(monkeypatch, "history_hits")
 
 
 def _naive(users, topk, test_src, test_dst, hist_src, hist_dst):

@@ -1,23 +1,14 @@
 """bench/quality_doc.py: merging row files keeps one copy of a repeated baseline row, and only of an identical one."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from conftest import load_bench
 
 
 @pytest.fixture()
 def qd(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCH))
-    spec = importlib.util.spec_from_file_location("bench_quality_doc_under_test", BENCH / "quality_doc.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    yield mod
-    sys.modules.pop("bench_quality_doc_under_test", None)
+    yield from load_bench(monkeypatch, "quality_doc")
 
 
 def _row(model, recall, dataset="ml1m", ranking="exact", protocol=None):
